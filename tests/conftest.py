@@ -1,0 +1,33 @@
+"""Shared fixtures: one small synthetic dataset per test session, the CLI as a subprocess."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, env=None, check=True, timeout=900):
+    "Run `python -m reid_nb.cli ARGS` and return the CompletedProcess (stdout+stderr as text)."
+    e = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "reid_nb.cli", *map(str, args)], cwd=cwd, env=e, capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"reid-nb {' '.join(map(str, args))} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    "A data root holding the embedded synthetic dataset (generated once per session)."
+    root = tmp_path_factory.mktemp("data")
+    run_cli("synth", "--root", root / "synthetic")
+    return root
+
+
+# A training configuration small enough for 2 CPU cores in seconds.
+TINY = ["--variant", "baseline", "--dataset", "synthetic", "--input-size", "64", "32", "--P", "4", "--K", "2",
+        "--num-workers", "0", "--no-progress", "--warmup-epochs", "1"]
