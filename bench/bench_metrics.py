@@ -24,47 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-SCALES = {  # queries, gallery, identities, distractors, feature dim
-    "tiny": (60, 300, 20, 40, 64),
-    "small": (842, 3978, 188, 700, 2048),
-    "market": (3368, 15913, 750, 2793, 2048),
-}
-
-
-def market_like_labels(nq, ng, n_ids, n_distr, n_cams=6, seed=0):
-    "Pids and camera ids shaped like Market-1501's test split: each identity seen by 2-6 cameras, pid 0 = distractor."
-    rng = np.random.default_rng(seed)
-    qp, qc, gp, gc = [], [], [], []
-    for pid in range(1, n_ids + 1):
-        for c in rng.choice(n_cams, size=rng.integers(2, n_cams + 1), replace=False):
-            qp.append(pid); qc.append(c)
-            k = int(rng.integers(1, 8))
-            gp += [pid] * k; gc += [c] * k
-    qp, qc, gp, gc = map(np.array, (qp, qc, gp, gc))
-    qs = rng.choice(len(qp), nq, replace=len(qp) < nq)
-    gs = rng.choice(len(gp), ng - n_distr, replace=len(gp) < ng - n_distr)
-    g_pids = np.concatenate([gp[gs], np.zeros(n_distr, np.int64)])
-    g_cams = np.concatenate([gc[gs], rng.integers(0, n_cams, n_distr)])
-    return qp[qs], qc[qs], g_pids, g_cams
+from reid_nb.bench import EVAL_SCALES as SCALES  # queries, gallery, identities, distractors, feature dim
 
 
 def make_problem(scale: str, workdir: Path, seed: int = 0):
-    "Labels, features and the three distance matrices of `scale`, saved as .npy files in `workdir`."
-    import torch
+    "Labels, features (reid_nb.bench.eval_problem) and the three distance matrices of `scale`, saved as .npy files in `workdir`."
+    from reid_nb.bench import eval_problem
     from reid_nb.metrics import compute_distance
-    nq, ng, n_ids, n_distr, dim = SCALES[scale]
-    q_pids, q_cams, g_pids, g_cams = market_like_labels(nq, ng, n_ids, n_distr, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(n_ids + 1, dim, generator=g)
-    cam_shift = 0.5 * torch.randn(6, dim, generator=g)
-
-    def feats(pids, cams):
-        pids, cams = torch.as_tensor(pids), torch.as_tensor(cams)
-        f = centres[pids] + cam_shift[cams] + 1.2 * torch.randn(len(pids), dim, generator=g)
-        distr = pids == 0                                   # distractors: each its own random identity
-        f[distr] = torch.randn(int(distr.sum()), dim, generator=g) + cam_shift[cams[distr]]
-        return f
-    qf, gf = feats(q_pids, q_cams), feats(g_pids, g_cams)
+    qf, gf, q_pids, g_pids, q_cams, g_cams = eval_problem(scale, "cpu", seed)
     np.savez(workdir / "labels.npz", q_pids=q_pids, q_cams=q_cams, g_pids=g_pids, g_cams=g_cams)
     for name, a, b in (("q_g", qf, gf), ("q_q", qf, qf), ("g_g", gf, gf)):
         np.save(workdir / f"{name}.npy", compute_distance(a, b, "euclidean").numpy())
