@@ -9,12 +9,13 @@ from pathlib import Path
 import os
 import torch
 from torch import nn
-import torchvision
+from torchvision.models.resnet import Bottleneck
 from .download import download_url, check_file
 
 # %% auto #0
-__all__ = ['STAGES', 'PRETRAINED', 'IBN', 'ResNetReID', 'resnet50_ibn_a', 'resnet50', 'weights_dir', 'read_state_dict',
-           'map_checkpoint_keys', 'check_fits', 'load_pretrained', 'summary']
+__all__ = ['STAGES', 'PLANES', 'BLOCKS', 'PRETRAINED', 'IBN', 'check_width', 'bottleneck_stage', 'ResNetReID', 'resnet50_ibn_a',
+           'resnet50', 'weights_dir', 'read_state_dict', 'map_checkpoint_keys', 'check_fits', 'load_pretrained',
+           'summary']
 
 # %% ../nbs/01_backbone.ipynb #11d8b462
 class IBN(nn.Module):
@@ -35,23 +36,48 @@ class IBN(nn.Module):
 
 # %% ../nbs/01_backbone.ipynb #e5250b4f
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+PLANES, BLOCKS = (64, 128, 256, 512), (3, 4, 6, 3)   # ResNet-50: bottleneck widths and depths of conv2_x..conv5_x
+
+def check_width(width: float) -> int:
+    "The stem width `64 × width`; it must be a positive multiple of 8 (so IBN halves and attention heads divide evenly)."
+    stem = 64 * width if isinstance(width, (int, float)) and not isinstance(width, bool) else None
+    if stem is None or stem <= 0 or stem != int(stem) or int(stem) % 8:
+        raise ValueError(f"width must make 64×width a positive multiple of 8 (e.g. 1.0, 0.5, 0.25, 0.125), got {width!r}")
+    return int(stem)
+
+def bottleneck_stage(inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    "`blocks` torchvision `Bottleneck`s (stride on the 3×3, projection shortcut on the first), named as torchvision names them."
+    down = None
+    if stride != 1 or inplanes != planes * Bottleneck.expansion:
+        down = nn.Sequential(nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                             nn.BatchNorm2d(planes * Bottleneck.expansion))
+    return nn.Sequential(Bottleneck(inplanes, planes, stride, down),
+                         *(Bottleneck(planes * Bottleneck.expansion, planes) for _ in range(blocks - 1)))
 
 class ResNetReID(nn.Module):
-    "ResNet-50 (optionally IBN-a) trunk without pooling/classifier; `forward_stages` returns every stage's feature map."
-    def __init__(self, ibn: bool = True, last_stride: int = 2, ibn_ratio: float = 0.5):
+    "ResNet-50 (optionally IBN-a, optionally slimmed by `width`) trunk without pooling/classifier; `forward_stages` returns every stage's map."
+    def __init__(self, ibn: bool = True, last_stride: int = 2, ibn_ratio: float = 0.5, width: float = 1.0,
+                 zero_init_residual: bool = True):
         super().__init__()
         if last_stride not in (1, 2): raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        tv = torchvision.models.resnet50(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = tv.conv1, tv.bn1, tv.relu, tv.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
-        self.ibn, self.last_stride = ibn, last_stride
+        stem = check_width(width)
+        planes = [p * stem // 64 for p in PLANES]
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1, self.relu, self.maxpool = nn.BatchNorm2d(stem), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
+        inplanes = stem
+        for i, (p, n, s) in enumerate(zip(planes, BLOCKS, (1, 2, 2, last_stride))):
+            setattr(self, f"layer{i + 1}", bottleneck_stage(inplanes, p, n, s))
+            inplanes = p * Bottleneck.expansion
+        for mod in self.modules():                           # torchvision's ResNet initialisation
+            if isinstance(mod, nn.Conv2d): nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:                               # every residual branch starts at zero: each block is its shortcut
+            for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+                for block in layer: nn.init.zeros_(block.bn3.weight)
+        self.ibn, self.last_stride, self.width = ibn, last_stride, width
         if ibn:
             for layer in (self.layer1, self.layer2, self.layer3):
                 for block in layer: block.bn1 = IBN(block.bn1.num_features, ibn_ratio)
-        if last_stride == 1:
-            self.layer4[0].conv2.stride = (1, 1)
-            self.layer4[0].downsample[0].stride = (1, 1)
-        self.channels = dict(zip(STAGES, (64, 256, 512, 1024, 2048)))
+        self.channels = dict(zip(STAGES, [stem] + [p * Bottleneck.expansion for p in planes]))
 
     def stage_modules(self, name: str) -> nn.Module:
         "The layer(s) that make stage `name` (for hooks or freezing)."
@@ -85,18 +111,22 @@ class ResNetReID(nn.Module):
             sizes[name] = (self.channels[name], h, w)
         return sizes
 
+
 # %% ../nbs/01_backbone.ipynb #07ee4c4c
-def resnet50_ibn_a(last_stride: int = 2, pretrained: str | os.PathLike | None = None, checksum: str | None = None) -> ResNetReID:
+def resnet50_ibn_a(last_stride: int = 2, pretrained: str | os.PathLike | None = None, checksum: str | None = None,
+                   width: float = 1.0, zero_init_residual: bool = True) -> ResNetReID:
     "ResNet-50-IBN-a trunk; `pretrained`: None, 'imagenet', a path or a URL (verified against `checksum` or the known release hash)."
-    m = ResNetReID(ibn=True, last_stride=last_stride)
+    m = ResNetReID(ibn=True, last_stride=last_stride, width=width, zero_init_residual=zero_init_residual)
     if pretrained is not None: load_pretrained(m, pretrained, checksum)
     return m
 
-def resnet50(last_stride: int = 2, pretrained: str | os.PathLike | None = None, checksum: str | None = None) -> ResNetReID:
-    "Plain ResNet-50 trunk (the RGA paper's backbone); `pretrained` as in `resnet50_ibn_a`."
-    m = ResNetReID(ibn=False, last_stride=last_stride)
+def resnet50(last_stride: int = 2, pretrained: str | os.PathLike | None = None, checksum: str | None = None,
+             width: float = 1.0, zero_init_residual: bool = True) -> ResNetReID:
+    "Plain ResNet-50 trunk (the RGA paper's backbone); the arguments as in `resnet50_ibn_a`."
+    m = ResNetReID(ibn=False, last_stride=last_stride, width=width, zero_init_residual=zero_init_residual)
     if pretrained is not None: load_pretrained(m, pretrained, checksum)
     return m
+
 
 # %% ../nbs/01_backbone.ipynb #4c23f266
 PRETRAINED = {

@@ -10,7 +10,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from .backbone import STAGES, resnet50_ibn_a, resnet50
+from .backbone import STAGES, check_width, resnet50_ibn_a, resnet50
 from .mhsa import MHSA, MHSA_STAGES, add_mhsa
 from .eca import ECA_PLACEMENTS, add_eca
 from .rga import RGA_MODES, rga_after_stages
@@ -40,6 +40,7 @@ class ModelConfig:
     pooling: str = "avg"                  # 'avg' | 'gem' | 'max'
     neck: str = "bnneck"                  # 'bnneck' | 'none'
     input_size: tuple = (256, 128)        # (H, W) of the input images
+    width: float = 1.0                    # channel multiplier of the trunk (1: the papers; 0.25: the CPU teaching profile)
     pretrained: str | None = None         # None | 'imagenet' | a path or URL of backbone weights
 
     def __post_init__(self):
@@ -59,7 +60,13 @@ class ModelConfig:
         except (TypeError, ValueError): raise ValueError(f"ModelConfig.input_size: expected (height, width), got {self.input_size!r}") from None
         if h < 32 or w < 32: raise ValueError(f"ModelConfig.input_size: {h}×{w} is too small (at least 32×32)")
         self.input_size = (h, w)
-        if self.pretrained is not None: self.pretrained = str(self.pretrained)
+        try: check_width(self.width)
+        except ValueError as e: raise ValueError(f"ModelConfig.{e}") from None
+        if self.pretrained is not None:
+            self.pretrained = str(self.pretrained)
+            if self.width != 1:
+                raise ValueError(f"ModelConfig: pretrained weights ({self.pretrained!r}) fit a width-1 trunk, but width={self.width}; "
+                                 "train a slim trunk from scratch (pretrained=None) or use width=1")
 
     def to_dict(self) -> dict:
         "A plain JSON-serialisable dict (tuples as lists)."
@@ -96,11 +103,11 @@ class ReIDModel(nn.Module):
         super().__init__()
         cfg = config
         self.cfg, self.variant = cfg, variant
-        self.backbone = BACKBONES[cfg.backbone](last_stride=cfg.last_stride, pretrained=cfg.pretrained)
+        self.backbone = BACKBONES[cfg.backbone](last_stride=cfg.last_stride, pretrained=cfg.pretrained, width=cfg.width)
         if cfg.mhsa: add_mhsa(self.backbone, cfg.input_size, cfg.mhsa, cfg.mhsa_heads)
         self.eca = add_eca(self.backbone, cfg.eca)                          # empty unless placement 'stage'
         self.rga = rga_after_stages(self.backbone, cfg.input_size, cfg.rga)  # empty unless rga != 'none'
-        self.fusion = None if cfg.fusion == "none" else FeatureFusion(cfg.fusion)
+        self.fusion = None if cfg.fusion == "none" else FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in ("conv3", "conv4", "conv5")])
         dim = self.fusion.out_channels if self.fusion is not None else self.backbone.channels["conv5"]
         self.head = ReIDHead(dim, num_classes, cfg.pooling, cfg.neck)
 
@@ -205,11 +212,11 @@ def count_flops(model: nn.Module, input_size=(256, 128)) -> int:
     finally: model.train(was)
     return counter.get_total_flops()
 
-def variant_table(input_size=(256, 128), variants=None, device="meta") -> list[dict]:
+def variant_table(input_size=(256, 128), variants=None, device="meta", width: float = 1.0) -> list[dict]:
     "One row per variant: parameters without the classifier (M), GFLOPs and GMACs of one image, feature size, conv5 map."
     rows = []
     for v in variants or VARIANTS:
-        with torch.device(device): m = build_model(v, 1, input_size=input_size)
+        with torch.device(device): m = build_model(v, 1, input_size=input_size, width=width)
         n = sum(p.numel() for name, p in m.named_parameters() if not name.startswith("head.classifier"))
         g = count_flops(m, input_size) / 1e9
         c5 = m.backbone.stage_shapes(input_size)["conv5"]

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
+from .backbone import check_width
 from .models import build_model, VARIANTS
 from .data import load_dataset
 from .sampler import PKSampler
@@ -32,6 +33,7 @@ class TrainConfig:
     data_root: str = "data"                    # folder that holds the dataset folders / archives
     out: str = "runs/full"                     # run directory: checkpoints, logs, final weights
     input_size: tuple = (128, 64)              # H, W fed to the network
+    width: float = 1.0                         # trunk channel multiplier (1: the papers; 0.25: the CPU profile's slim trunk)
     epochs: int = 8
     P: int = 16                                # identities per batch
     K: int = 4                                 # images per identity
@@ -42,6 +44,9 @@ class TrainConfig:
     schedule: str = "step"                     # step | cosine
     milestones: tuple = (40, 70)               # epochs where a step schedule multiplies the rate by gamma
     gamma: float = 0.1
+    flip_p: float = 0.5                        # horizontal flip probability
+    pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height (BoT's 10 at 256×128)
+    erase_p: float = 0.5                       # random-erasing probability
     label_smoothing: float = 0.1
     margin: float = 0.3
     soft_margin: bool = False
@@ -51,7 +56,7 @@ class TrainConfig:
     amp: str = "auto"                          # auto (bf16 on CUDA where supported, else fp16; off on CPU) | bf16 | fp16 | off
     channels_last: str = "auto"                # auto (on for CUDA) | on | off
     compile: bool = False                      # torch.compile the model
-    gpu_data: str = "auto"                     # auto (on for CUDA) | on | off: decoded uint8 cache + on-device augmentation
+    gpu_data: str = "auto"                     # auto (on for CUDA) | on | off: decoded uint8 cache + batch augmentation on the training device (CPU too)
     num_workers: int = 2                       # CPU data loader processes
     seed: int = 0
     deterministic: bool = True                 # deterministic algorithms (exact --resume on CPU)
@@ -68,6 +73,10 @@ class TrainConfig:
         if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
         for k in ("epochs", "P", "K"):
             if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected a positive integer")
+        check_width(self.width)
+        for k in ("flip_p", "erase_p"):
+            if not 0 <= getattr(self, k) <= 1: raise ValueError(f"{k}={getattr(self, k)}: expected a probability in [0, 1]")
+        if self.pad < -1: raise ValueError(f"pad={self.pad}: expected pixels (≥ 0) or -1 (scaled to the input size)")
         if self.K < 2: raise ValueError(f"K={self.K}: the triplet loss needs at least 2 images per identity")
 
     @classmethod
@@ -77,6 +86,15 @@ class TrainConfig:
         unknown = sorted(set(d) - set(known))
         if unknown: raise ValueError(f"unknown training parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
         return cls(**d)
+
+    @property
+    def crop_pad(self) -> int:
+        "The random-crop padding in pixels (`pad`, or scaled to the input height when -1)."
+        return self.pad if self.pad >= 0 else int(10 * self.input_size[0] / 256 + 0.5)
+
+    def augment(self) -> dict:
+        "The augmentation arguments of `build_transforms` / `BatchAugment`."
+        return dict(flip_p=self.flip_p, pad=self.crop_pad, erase_p=self.erase_p)
 
     def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
@@ -218,10 +236,10 @@ class TrainBatches:
         self.pids = torch.tensor([r.pid for r in records])
         if gpu:
             self.cache = decode_split(records, size=None).to(device)   # native size; BatchAugment resizes on the device
-            self.aug = BatchAugment(cfg.input_size).to(device)
+            self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
             self.pids = self.pids.to(device)
         else:
-            self.ds = SeededSamples(ImageDataset(records, build_transforms(cfg.input_size, train=True)))
+            self.ds = SeededSamples(ImageDataset(records, build_transforms(cfg.input_size, train=True, **cfg.augment())))
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         b = self.sampler.batches(epoch)
@@ -302,7 +320,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     gpu_data = cfg.gpu_data == "on" or (cfg.gpu_data == "auto" and device.type == "cuda")
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data)
 
-    model = build_model(cfg.variant, ds.num_train_pids, input_size=cfg.input_size, pretrained=cfg.pretrained).to(device)
+    model = build_model(cfg.variant, ds.num_train_pids, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained).to(device)
     criterion = ReIDLoss(ds.num_train_pids, label_smoothing=cfg.label_smoothing, margin=cfg.margin, soft_margin=cfg.soft_margin,
                          center_weight=cfg.center_weight, feat_dim=model.feature_dim).to(device)
     cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")

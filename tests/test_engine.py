@@ -139,10 +139,10 @@ def test_ddp_two_gloo_processes(data_root, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-# Measured on 2 CPU cores with params.yaml's CPU profile (24 epochs at 64x32; see the issue notes): the `full` variant
-# reaches mAP 8.78% on the synthetic set (metrics/full-synthetic.json), random distances about 2%; the threshold keeps a
+# Measured on 2 CPU cores with params.yaml's CPU profile (width 0.25, 64x32, 32 epochs, ~40 s; see the issue notes): the
+# `full` variant reaches mAP 59.9% (R1 68.3%) on the synthetic set, random distances about 2%; the threshold keeps a
 # safety margin of 40% below the measurement (a CPU run is deterministic for a given torch build and thread count).
-FULL_MAP_THRESHOLD = 0.05
+FULL_MAP_THRESHOLD = 0.35
 
 
 def test_full_variant_learns(data_root, tmp_path):
@@ -162,4 +162,4 @@ def test_full_variant_learns(data_root, tmp_path):
     rng = np.random.default_rng(0)
     chance = np.mean([evaluate_rank(rng.random((len(qp), len(gp))), qp, gp, qc, gc)["mAP"] for _ in range(5)])
     assert m["mAP"] >= FULL_MAP_THRESHOLD, (m["mAP"], chance)
-    assert m["mAP"] >= 2 * chance, (m["mAP"], chance)
+    assert m["mAP"] >= 10 * chance, (m["mAP"], chance)
