@@ -107,6 +107,7 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
                num_query=len(ds.query), num_gallery=len(ds.gallery),
                params_M=sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head.classifier")) / 1e6,
                gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size),
+               width=meta["model_config"].get("width", 1.0),
                train_epochs=meta.get("train_config", {}).get("epochs"),
                **_summary(evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=50)))
     t1 = time.time()

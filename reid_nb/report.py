@@ -45,12 +45,17 @@ def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
                          mAP=100 * m["mAP"], R1=100 * m["rank1"], R5=100 * m["rank5"], R10=100 * m["rank10"], mINP=100 * m["mINP"],
                          rr_mAP=100 * rr["mAP"] if rr else np.nan, rr_R1=100 * rr["rank1"] if rr else np.nan,
                          params_M=m.get("params_M", np.nan), gflops=m.get("gflops", np.nan),
-                         input_size="×".join(map(str, m.get("input_size", []))), epochs=m.get("train_epochs"),
+                         input_size="×".join(map(str, m.get("input_size", []))), width=m.get("width", 1.0), epochs=m.get("train_epochs"),
                          cmc=m.get("cmc"), file=f.name))
     if not rows: raise FileNotFoundError(f"{metrics_dir}: no metrics JSON files (run the evaluate stage first)")
     return pd.DataFrame(rows)
 
 # %% ../nbs/33_report.ipynb #b08be095
+def _setting(r) -> str:
+    "How a run was trained, e.g. '64×32, width 0.25, 32 epochs'."
+    w = "" if r["width"] == 1 else f", width {r['width']:g}"
+    return f"{r['input_size']}{w}, {r['epochs']} epochs"
+
 def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
     "The seed's Table 1 (published rows, with sources) and our measured rows for `ours`, each labelled with its dataset and profile."
     rows = [dict(method=p["method"], source=p["source"], measured_on="published (Market-1501 / DukeMTMC-reID)",
@@ -60,7 +65,7 @@ def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
             r = g.iloc[0]
             col = "duke" if ds == "dukemtmc" else "market"
             row = dict(method=f"ours: {VARIANT_LABELS.get(v, v)}", source=f"this repository, {r['file']}",
-                       measured_on=f"{DATASET_LABELS.get(ds, ds)}, profile {r['profile']}, {r['input_size']}, {r['epochs']} epochs",
+                       measured_on=f"{DATASET_LABELS.get(ds, ds)}, profile {r['profile']}, {_setting(r)}",
                        market_mAP=None, market_R1=None, duke_mAP=None, duke_R1=None)
             row[f"{col}_mAP"], row[f"{col}_R1"] = round(r["mAP"], 1), round(r["R1"], 1)
             rows.append(row)
@@ -73,7 +78,7 @@ def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS)) -> pd.DataFrame:
         pub = SEED_ABLATION.get(r.variant)
         out.append(dict(variant=r.variant, model=VARIANT_LABELS.get(r.variant, r.variant), dataset=DATASET_LABELS.get(r.dataset, r.dataset),
                         profile=r.profile, mAP=r.mAP, R1=r.R1, R5=r.R5, mINP=r.mINP, rr_mAP=r.rr_mAP, rr_R1=r.rr_R1,
-                        params_M=r.params_M, GFLOPs=r.gflops,
+                        trained=_setting(r), params_M=r.params_M, GFLOPs=r.gflops,
                         published_mAP=pub[0] if pub else None, published_R1=pub[1] if pub else None))
     t = pd.DataFrame(out)
     t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
