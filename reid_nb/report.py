@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'load_metrics', 'table1', 'table2', 'to_markdown',
-           'save_table', 'plot_cmc', 'load_logs', 'plot_training', 'pick_queries', 'plot_retrieval', 'plot_attention',
-           'run_report']
+__all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'load_metrics', 'table1', 'table2',
+           'to_markdown', 'save_table', 'plot_cmc', 'load_logs', 'plot_training', 'pick_queries', 'plot_retrieval',
+           'plot_attention', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -84,12 +84,16 @@ def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS)) -> pd.DataFrame:
     t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
     return t.sort_values(["dataset", "_o"]).drop(columns="_o").reset_index(drop=True)
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f") -> str:
-    "A GitHub-flavoured Markdown table (missing values as '—')."
-    cols = list(df.columns)
-    fmt = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (format(v, floatfmt) if isinstance(v, float) else str(v))
+COLUMN_FORMATS = {"params_M": ".2f", "GFLOPs": ".3g"}   # a slim 64×32 model has ~0.02 GFLOPs: one decimal would print 0.0
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f", formats: dict | None = None) -> str:
+    "A GitHub-flavoured Markdown table (missing values as '—'); floats as `floatfmt`, or `formats[column]` (default `COLUMN_FORMATS`)."
+    cols, formats = list(df.columns), COLUMN_FORMATS if formats is None else formats
+    def fmt(v, col):
+        if v is None or (isinstance(v, float) and math.isnan(v)): return "—"
+        return format(v, formats.get(col, floatfmt)) if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(fmt(v, c) for v, c in zip(row, cols)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 def save_table(df: pd.DataFrame, out_dir, name: str) -> tuple[Path, Path]:
