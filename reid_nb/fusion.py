@@ -9,14 +9,15 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['FUSIONS', 'FeatureFusion']
+__all__ = ['FUSIONS', 'FUSED_STAGES', 'FeatureFusion']
 
 # %% ../nbs/05_fusion.ipynb #7a473dcc
 FUSIONS = ("none", "concat", "sum")
+FUSED_STAGES = ("conv3", "conv4", "conv5")   # the seed fuses mid-level conv3/conv4 into conv5
 
 class FeatureFusion(nn.Module):
     "Max-pool the lower `stages` to the last one's size and fuse: `concat` (channels add up) or `sum` (1×1 conv+BN projection, then add)."
-    def __init__(self, mode: str = "concat", channels=(512, 1024, 2048), stages=("conv3", "conv4", "conv5")):
+    def __init__(self, mode: str = "concat", channels=(512, 1024, 2048), stages=FUSED_STAGES):
         super().__init__()
         if mode not in FUSIONS or mode == "none": raise ValueError(f"unknown fusion {mode!r}; known: {[m for m in FUSIONS if m != 'none']}")
         if len(channels) != len(stages): raise ValueError(f"FeatureFusion: {len(channels)} channel counts for {len(stages)} stages")

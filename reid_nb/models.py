@@ -14,7 +14,7 @@ from .backbone import STAGES, check_width, resnet50_ibn_a, resnet50
 from .mhsa import MHSA, MHSA_STAGES, add_mhsa
 from .eca import ECA_PLACEMENTS, add_eca
 from .rga import RGA_MODES, rga_after_stages
-from .fusion import FUSIONS, FeatureFusion
+from .fusion import FUSIONS, FUSED_STAGES, FeatureFusion
 from .head import POOLINGS, NECKS, ReIDHead
 
 # %% auto #0
@@ -107,7 +107,7 @@ class ReIDModel(nn.Module):
         if cfg.mhsa: add_mhsa(self.backbone, cfg.input_size, cfg.mhsa, cfg.mhsa_heads)
         self.eca = add_eca(self.backbone, cfg.eca)                          # empty unless placement 'stage'
         self.rga = rga_after_stages(self.backbone, cfg.input_size, cfg.rga)  # empty unless rga != 'none'
-        self.fusion = None if cfg.fusion == "none" else FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in ("conv3", "conv4", "conv5")])
+        self.fusion = None if cfg.fusion == "none" else FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in FUSED_STAGES])
         dim = self.fusion.out_channels if self.fusion is not None else self.backbone.channels["conv5"]
         self.head = ReIDHead(dim, num_classes, cfg.pooling, cfg.neck)
 
