@@ -34,12 +34,13 @@ def batch_hard_triplet(feat: torch.Tensor, pids: torch.Tensor, margin: float = 0
     pos = same & ~torch.eye(len(pids), dtype=torch.bool, device=feat.device)
     d_ap = torch.where(pos, d, torch.full_like(d, -math.inf)).amax(1)
     d_an = torch.where(~same, d, torch.full_like(d, math.inf)).amin(1)
-    ok = pos.any(1) & (~same).any(1)
-    if not ok.any(): return feat.sum() * 0.0, feat.new_tensor(0.0)
-    d_ap, d_an = d_ap[ok], d_an[ok]
-    if soft_margin: loss, sat = F.softplus(d_ap - d_an).mean(), (d_an > d_ap).float().mean()
-    else: loss, sat = F.relu(d_ap - d_an + margin).mean(), (d_an - d_ap >= margin).float().mean()
-    return loss, sat.detach()
+    ok = pos.any(1) & (~same).any(1)                       # anchors with a positive and a negative
+    n = ok.sum().clamp(min=1)
+    gap = torch.where(ok, d_ap - d_an, 0.0)                # -inf on the other rows: masked, not indexed (no host read)
+    if soft_margin: term, hit = F.softplus(gap), d_an > d_ap
+    else: term, hit = F.relu(gap + margin), d_an - d_ap >= margin
+    loss = torch.where(ok, term, 0.0).sum() / n
+    return loss, ((hit & ok).sum() / n).detach()
 
 # %% ../nbs/20_losses.ipynb #cd2a15de
 class CenterLoss(nn.Module):
@@ -58,7 +59,7 @@ class CenterLoss(nn.Module):
 class ReIDLoss(nn.Module):
     "CE with label smoothing on the logits + batch-hard triplet (+ optional center loss) on the features."
     def __init__(self, num_classes: int, label_smoothing: float = 0.1, margin: float = 0.3, soft_margin: bool = False,
-                 center_weight: float = 0.0, feat_dim: int | None = None):
+                 center_weight: float = 0.0, feat_dim: int | None = None, check_labels: bool = True):
         super().__init__()
         if num_classes < 2: raise ValueError(f"ReIDLoss needs num_classes >= 2, got {num_classes}")
         if not 0 <= label_smoothing < 1: raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
@@ -66,7 +67,7 @@ class ReIDLoss(nn.Module):
         if center_weight < 0: raise ValueError(f"center_weight must be >= 0, got {center_weight}")
         if center_weight > 0 and not feat_dim: raise ValueError("center_weight > 0 needs feat_dim (the width of the features)")
         self.num_classes, self.label_smoothing, self.margin, self.soft_margin = num_classes, label_smoothing, margin, soft_margin
-        self.center_weight = center_weight
+        self.center_weight, self.check_labels = center_weight, check_labels
         self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
 
     def forward(self, logits: torch.Tensor, feat: torch.Tensor, pids: torch.Tensor):
@@ -74,7 +75,7 @@ class ReIDLoss(nn.Module):
             raise ValueError(f"ReIDLoss expected logits of shape (B, {self.num_classes}), got {tuple(logits.shape)}")
         if len(pids) != len(logits) or len(feat) != len(logits):
             raise ValueError(f"batch sizes differ: logits {len(logits)}, feat {len(feat)}, pids {len(pids)}")
-        if len(pids) and (int(pids.min()) < 0 or int(pids.max()) >= self.num_classes):
+        if self.check_labels and len(pids) and (int(pids.min()) < 0 or int(pids.max()) >= self.num_classes):
             raise ValueError(f"pids must lie in [0, {self.num_classes}), got values in [{int(pids.min())}, {int(pids.max())}]")
         ce = cross_entropy_ls(logits, pids, self.label_smoothing)
         tri, sat = batch_hard_triplet(feat, pids, self.margin, self.soft_margin)
