@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'build_transforms', 'BadImageError', 'read_image', 'filter_readable', 'ImageDataset',
-           'decode_split', 'BatchAugment']
+           'decode_split', 'host_to_device', 'BatchAugment']
 
 # %% ../nbs/13_transforms.ipynb #783a3d5b
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,7 +98,8 @@ def decode_split(records: Sequence, size=(128, 64), num_workers: int | None = No
     paths = [r.path if hasattr(r, "path") else r for r in records]
     if not paths: raise ValueError("decode_split: no records to decode")
     if size is None: size = tuple(_decode_one(paths[0], None).shape[1:])
-    out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
+    with torch.inference_mode(False):     # a normal tensor even when called under inference_mode: the worker threads write into it
+        out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
     def work(i): out[i] = _decode_one(paths[i], size)
     with tqdm(total=len(paths), desc="decode", unit="img", disable=not progress) as bar:
@@ -110,6 +111,13 @@ def decode_split(records: Sequence, size=(128, 64), num_workers: int | None = No
     return out
 
 # %% ../nbs/13_transforms.ipynb #2112e987
+def host_to_device(t: torch.Tensor, device=None) -> torch.Tensor:
+    "Move a CPU tensor to `device`: pinned and asynchronous on CUDA (the host does not wait for the GPU), a plain move elsewhere."
+    if device is None: return t
+    device = torch.device(device)
+    if device.type == "cuda": return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
 class BatchAugment(nn.Module):
     "The training augmentation of `build_transforms` on a whole uint8 batch `(B, 3, h, w)`, on the batch's device; returns normalised float."
     def __init__(self, input_size=(256, 128), flip_p: float = 0.5, pad: int = 10, erase_p: float = 0.5,
@@ -122,25 +130,29 @@ class BatchAugment(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.generator = torch.Generator().manual_seed(seed)
 
+    DRAWS = 26   # uniforms per image: flip 1, crop offset 2, erasing 10 areas + 10 log-ratios + apply + top + left
+
     def manual_seed(self, seed: int) -> "BatchAugment":
         "Reset the random stream."
         self.generator.manual_seed(int(seed)); return self
 
-    def _rand(self, *shape): return torch.rand(shape, generator=self.generator)
+    def draw(self, B: int, device=None) -> torch.Tensor:
+        "The `(B, DRAWS)` uniforms of one batch from the CPU generator, on `device` in one copy (pinned and asynchronous on CUDA)."
+        return host_to_device(torch.rand(B, self.DRAWS, generator=self.generator), device)
 
-    def erase_params(self, B: int):
-        "Per image: (apply, top, left, height, width) of the erased rectangle, drawn like torchvision's `RandomErasing`."
+    def erase_params(self, u: torch.Tensor):
+        "Per image, from its 23 erasing uniforms `u` `(B, 23)`: (apply, top, left, height, width), drawn like torchvision's `RandomErasing`."
         H, W = self.input_size
-        area = H * W * (self.erase_scale[0] + (self.erase_scale[1] - self.erase_scale[0]) * self._rand(B, 10))
+        area = H * W * (self.erase_scale[0] + (self.erase_scale[1] - self.erase_scale[0]) * u[:, :10])
         lr = (math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1]))
-        ratio = torch.exp(lr[0] + (lr[1] - lr[0]) * self._rand(B, 10))
+        ratio = torch.exp(lr[0] + (lr[1] - lr[0]) * u[:, 10:20])
         h, w = torch.sqrt(area * ratio).round().long(), torch.sqrt(area / ratio).round().long()
         ok = (h < H) & (w < W)
         first = ok.int().argmax(1)                                     # the first attempt that fits
         h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
-        apply = (self._rand(B) < self.erase_p) & ok.any(1)
-        top = (self._rand(B) * (H - h + 1)).floor().long().clamp(max=H - 1)
-        left = (self._rand(B) * (W - w + 1)).floor().long().clamp(max=W - 1)
+        apply = (u[:, 20] < self.erase_p) & ok.any(1)
+        top = (u[:, 21] * (H - h + 1)).floor().long().clamp(min=0, max=H - 1)
+        left = (u[:, 22] * (W - w + 1)).floor().long().clamp(min=0, max=W - 1)
         return apply, top, left, h.where(apply, 0), w.where(apply, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,21 +161,20 @@ class BatchAugment(nn.Module):
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if tuple(x.shape[-2:]) != (H, W):
             x = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
-        if self.training:
-            if self.flip_p:
-                flip = (self._rand(B) < self.flip_p).to(dev, non_blocking=True)
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if self.pad:
-                p = self.pad
-                off = (self._rand(B, 2) * (2 * p + 1)).floor().long().clamp(max=2 * p).to(dev, non_blocking=True)
-                Wp = W + 2 * p
-                xp = F.pad(x, (p, p, p, p), value=0.0).flatten(2)                      # (B, 3, (H+2p)·(W+2p))
-                window = torch.arange(H, device=dev)[:, None] * Wp + torch.arange(W, device=dev)
-                idx = (off[:, 0] * Wp + off[:, 1])[:, None, None] + window               # (B, H, W) flat indices
-                x = xp.gather(2, idx.flatten(1)[:, None].expand(B, 3, H * W)).view(B, 3, H, W)
+        u = self.draw(B, dev) if self.training else None
+        if self.training and self.flip_p:
+            x = torch.where((u[:, 0] < self.flip_p)[:, None, None, None], x.flip(-1), x)
+        if self.training and self.pad:
+            p = self.pad
+            off = (u[:, 1:3] * (2 * p + 1)).floor().long().clamp(max=2 * p)
+            Wp = W + 2 * p
+            xp = F.pad(x, (p, p, p, p), value=0.0).flatten(2)                      # (B, 3, (H+2p)·(W+2p))
+            window = torch.arange(H, device=dev)[:, None] * Wp + torch.arange(W, device=dev)
+            idx = (off[:, 0] * Wp + off[:, 1])[:, None, None] + window               # (B, H, W) flat indices
+            x = xp.gather(2, idx.flatten(1)[:, None].expand(B, 3, H * W)).view(B, 3, H, W)
         x = (x - self.mean) / self.std
         if self.training and self.erase_p:
-            apply, top, left, h, w = (t.to(dev, non_blocking=True) for t in self.erase_params(B))
+            apply, top, left, h, w = self.erase_params(u[:, 3:])
             r, c = torch.arange(H, device=dev), torch.arange(W, device=dev)
             m_r = (r >= top[:, None]) & (r < (top + h)[:, None])
             m_c = (c >= left[:, None]) & (c < (left + w)[:, None])
