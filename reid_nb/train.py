@@ -4,25 +4,26 @@
 
 # %% ../nbs/30_train.ipynb #e68410ca
 from __future__ import annotations
-import csv, dataclasses, json, math, os, time
+import collections, csv, dataclasses, json, math, os, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 from .backbone import check_width
 from .models import build_model, VARIANTS
 from .data import load_dataset
 from .sampler import PKSampler
 from .losses import ReIDLoss
-from .transforms import build_transforms, ImageDataset, decode_split, BatchAugment
+from .transforms import build_transforms, ImageDataset, decode_split, BatchAugment, host_to_device
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_device', 'configure_cpu', 'amp_dtype', 'lr_at', 'atomic_write',
            'save_checkpoint', 'read_checkpoint', 'restore_optimizer', 'model_state', 'check_compatible', 'dist_info',
            'init_distributed', 'barrier', 'sample_seed', 'SeededSamples', 'TrainBatches', 'NonFiniteLoss', 'TrainStep',
-           'fit']
+           'RunningStats', 'fit', 'HostReads']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True                 # deterministic algorithms (exact --resume on CPU)
     ckpt_every: int = 0                        # also checkpoint every N batches (0: at the end of each epoch only)
+    log_every: int = 50                        # read the running statistics (progress bar, non-finite check) every N batches
     max_batches: int = 0                       # cap on batches per epoch (0: the sampler's full epoch); for smoke tests
 
     def __post_init__(self):
@@ -71,7 +73,7 @@ class TrainConfig:
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
-        for k in ("epochs", "P", "K"):
+        for k in ("epochs", "P", "K", "log_every"):
             if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected a positive integer")
         check_width(self.width)
         for k in ("flip_p", "erase_p"):
@@ -230,10 +232,12 @@ class SeededSamples(torch.utils.data.Dataset):
             return self.ds[idx]
 
 class TrainBatches:
-    "Yields `(images, pids)` for batches `start..` of an epoch, on the CPU loader path or the GPU-resident path."
-    def __init__(self, records, sampler: PKSampler, cfg: TrainConfig, device: torch.device, gpu: bool):
+    "Yields `(images, pids, indices)` for batches `start..` of an epoch, on the CPU loader path or the device-resident path."
+    def __init__(self, records, sampler: PKSampler, cfg: TrainConfig, device: torch.device, gpu: bool, num_classes: int | None = None):
         self.records, self.sampler, self.cfg, self.device, self.gpu = records, sampler, cfg, device, gpu
         self.pids = torch.tensor([r.pid for r in records])
+        if num_classes is not None and len(self.pids) and (int(self.pids.min()) < 0 or int(self.pids.max()) >= num_classes):
+            raise ValueError(f"training labels must lie in [0, {num_classes}), got [{int(self.pids.min())}, {int(self.pids.max())}]")
         if gpu:
             self.cache = decode_split(records, size=None).to(device)   # native size; BatchAugment resizes on the device
             self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
@@ -248,17 +252,21 @@ class TrainBatches:
     def __call__(self, epoch: int, start: int = 0):
         batches = self.epoch_batches(epoch)[start:]
         if self.gpu:
-            for i, idx in enumerate(batches, start):
+            if not batches: return
+            flat = host_to_device(torch.tensor([j for b in batches for j in b]), self.device)   # the epoch's indices: one copy
+            ends = [0]
+            for b in batches: ends.append(ends[-1] + len(b))
+            for i, b in enumerate(batches, start):
                 self.aug.manual_seed(sample_seed(self.cfg.seed, epoch, i))
-                idx = torch.as_tensor(idx, device=self.device)
-                yield self.aug(self.cache[idx]), self.pids[idx], idx.cpu()
+                idx = flat[ends[i - start]:ends[i - start + 1]]
+                yield self.aug(self.cache[idx]), self.pids[idx], b
             return
         seeded = [[(j, sample_seed(self.cfg.seed, epoch, i, p)) for p, j in enumerate(b)] for i, b in enumerate(batches, start)]
         nw = self.cfg.num_workers
         loader = torch.utils.data.DataLoader(self.ds, batch_sampler=seeded, num_workers=nw, pin_memory=self.device.type == "cuda",
                                              persistent_workers=False, prefetch_factor=4 if nw else None)
-        for img, pid, _, idx in loader:
-            yield img.to(self.device, non_blocking=True), pid.to(self.device, non_blocking=True), idx
+        for (img, pid, _, _), b in zip(loader, batches):
+            yield img.to(self.device, non_blocking=True), pid.to(self.device, non_blocking=True), b
 
 # %% ../nbs/30_train.ipynb #c83c4eda
 LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
@@ -280,28 +288,63 @@ def _write_log(path: Path, rows: list[dict]):
     atomic_write(path, w)
 
 class TrainStep:
-    "One optimisation step: forward under autocast, loss, a finiteness check agreed by all ranks, backward, optimiser step."
+    "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
     def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1, scaler=None):
         self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype
         self.channels_last, self.world = channels_last, world
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
 
     def __call__(self, x, y):
-        "Returns `(loss, parts, logits, finite)`; when the loss is not finite nothing is updated."
+        "Returns `(loss, parts, logits)`, device tensors; whether the loss was finite is the caller's to check (`RunningStats`)."
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits, feat = self.net(x)
         loss, parts = self.criterion(logits.float(), feat.float(), y)
-        finite = torch.isfinite(loss.detach()).float()
-        if self.world > 1: dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() < 1: return loss, parts, logits, False
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.world > 1:
             for p in self.criterion.parameters():   # the center loss's centres live outside DDP: average their gradients here
                 if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
         self.scaler.step(self.opt); self.scaler.update()
-        return loss, parts, logits, True
+        return loss, parts, logits
+
+class RunningStats:
+    """An epoch's running sums (loss, its parts, correct predictions) and the first non-finite loss, kept on the training device.
+    `add` queues a few tensor operations; `read` waits for the device once and returns them as numbers."""
+    KEYS = ("loss", "ce", "triplet", "center", "correct")
+
+    def __init__(self, device: torch.device, state: dict | None = None, world: int = 1):
+        self.device, self.world = device, world
+        state = state or {}
+        self.sums = host_to_device(torch.tensor([float(state.get(k, 0.0)) for k in self.KEYS], dtype=torch.float64), device)
+        self.images, self.seconds = int(state.get("images", 0)), float(state.get("seconds", 0.0))
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)     # the first batch with a non-finite loss
+        self.bad_loss = torch.zeros((), device=device)
+
+    def add(self, loss, parts: dict, logits, y, batch: int):
+        "Accumulate one batch (no host read: on a GPU this only queues kernels)."
+        n, loss = len(y), loss.detach().float()
+        zero = loss.new_zeros(())
+        vals = torch.stack([loss, parts["ce"].float(), parts["triplet"].float(), parts.get("center", zero).float()]).double() * n
+        correct = (logits.detach().argmax(1) == y).sum().double()
+        self.sums += torch.cat([vals, correct[None]])
+        new = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(new, batch, self.first_bad)
+        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        self.images += n
+
+    def check(self, epoch: int, what: str):
+        "Raise `NonFiniteLoss` if any rank has seen a non-finite loss (one read of the device; all ranks call it together)."
+        bad = self.first_bad.clone()
+        if self.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        b = int(bad)
+        if b >= 0:
+            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss)}) at epoch {epoch + 1}, batch {b + 1}: training stopped; {what}")
+
+    def read(self) -> dict:
+        "The sums as a dict of numbers (the format a checkpoint stores as `running`)."
+        s = self.sums.tolist()
+        return dict(zip(self.KEYS, s), correct=int(round(s[-1])), images=self.images, seconds=self.seconds)
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     "Train `cfg.variant` on `cfg.dataset`; returns a summary dict (also written to `out/train_summary.json`)."
@@ -318,15 +361,15 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     ds = load_dataset(cfg.dataset, cfg.data_root)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     gpu_data = cfg.gpu_data == "on" or (cfg.gpu_data == "auto" and device.type == "cuda")
-    data = TrainBatches(ds.train, sampler, cfg, device, gpu_data)
+    data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
 
     model = build_model(cfg.variant, ds.num_train_pids, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained).to(device)
     criterion = ReIDLoss(ds.num_train_pids, label_smoothing=cfg.label_smoothing, margin=cfg.margin, soft_margin=cfg.soft_margin,
-                         center_weight=cfg.center_weight, feat_dim=model.feature_dim).to(device)
+                         center_weight=cfg.center_weight, feat_dim=model.feature_dim, check_labels=False).to(device)
     cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     if cl: model = model.to(memory_format=torch.channels_last)
     params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr_at(0, cfg), weight_decay=cfg.weight_decay, **({"fused": True} if device.type == "cuda" else {}))
+    opt = torch.optim.Adam(params, lr=lr_at(0, cfg), weight_decay=cfg.weight_decay, fused=True)   # one multi-tensor kernel, CPU or CUDA
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
 
@@ -359,6 +402,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
         extra = {f"criterion.{k}": v for k, v in criterion.state_dict().items()} | {"rng.torch": torch.get_rng_state()}
         save_checkpoint(ckpt, model, opt, meta=dict(meta_base, epoch=epoch, batch=batch, running=running, log=rows), extra=extra)
 
+    def last_good(): return f"the last good checkpoint is {ckpt if ckpt.exists() else '(none written yet)'}"
+
     seen = {}
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
@@ -367,32 +412,31 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
         net.train(); criterion.train()
         n_batches = len(data.epoch_batches(epoch))
         first = start_batch if epoch == start_epoch else 0
-        run = acc_state if (epoch == start_epoch and acc_state) else dict(loss=0.0, ce=0.0, triplet=0.0, center=0.0, correct=0, images=0, seconds=0.0)
+        stats = RunningStats(device, acc_state if (epoch == start_epoch and acc_state) else None, world)
         bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
         t0 = time.time()
-        for b, (x, y, idx) in enumerate(data(epoch, first), first):
-            seen.setdefault(epoch, set()).update(int(i) for i in idx)
-            loss, parts, logits, finite = step(x, y)
-            if not finite:
-                bar.close()
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {b + 1}: training stopped; "
-                                    f"the last good checkpoint is {ckpt if ckpt.exists() else '(none written yet)'}")
-            n = len(y)
-            run["loss"] += loss.item() * n; run["correct"] += int((logits.argmax(1) == y).sum()); run["images"] += n
-            for k in ("ce", "triplet", "center"):
-                if k in parts: run[k] += float(parts[k]) * n
-            elapsed = run["seconds"] + time.time() - t0
-            bar.update(1)
-            bar.set_postfix(loss=f"{run['loss'] / run['images']:.3f}", acc=f"{run['correct'] / run['images']:.3f}",
-                            img_s=f"{run['images'] * world / max(elapsed, 1e-9):.1f}")
-            if cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches:
-                save(epoch, b + 1, dict(run, seconds=elapsed))
-        bar.close()
-        run["seconds"] += time.time() - t0
-        m = max(run["images"], 1)
-        rows.append(dict(epoch=epoch, lr=lr, loss=run["loss"] / m, ce=run["ce"] / m, triplet=run["triplet"] / m, center=run["center"] / m,
-                         acc=run["correct"] / m, images=run["images"] * world, seconds=run["seconds"],
-                         images_per_s=run["images"] * world / max(run["seconds"], 1e-9)))
+        try:
+            for b, (x, y, idx) in enumerate(data(epoch, first), first):
+                seen.setdefault(epoch, set()).update(idx)
+                loss, parts, logits = step(x, y)
+                stats.add(loss, parts, logits, y, b)
+                bar.update(1)
+                ckpt_now = cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
+                if ckpt_now or (b + 1) % cfg.log_every == 0:        # the only reads of the device inside an epoch
+                    stats.check(epoch, last_good())
+                    r = stats.read(); elapsed = r["seconds"] + time.time() - t0
+                    bar.set_postfix(loss=f"{r['loss'] / max(r['images'], 1):.3f}", acc=f"{r['correct'] / max(r['images'], 1):.3f}",
+                                    img_s=f"{r['images'] * world / max(elapsed, 1e-9):.1f}")
+                    if ckpt_now: save(epoch, b + 1, dict(r, seconds=elapsed))
+            stats.check(epoch, last_good())
+        finally:
+            bar.close()
+        r = stats.read()
+        r["seconds"] += time.time() - t0
+        m = max(r["images"], 1)
+        rows.append(dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
+                         acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
+                         images_per_s=r["images"] * world / max(r["seconds"], 1e-9)))
         if rank == 0:
             r = rows[-1]
             print(f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
@@ -415,3 +459,38 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     barrier()
     return summary
+
+
+# %% ../nbs/30_train.ipynb #e119b451
+class HostReads(TorchFunctionMode):
+    "Count the tensor operations inside the `with` block that make the host wait for the device (see `READS`, `DATA_SHAPED`)."
+    READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__format__"}
+    DATA_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS or name in self.DATA_SHAPED or self._to_host(name, args, kwargs) or self._mask_index(name, args):
+            self.calls[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _to_host(name, args, kwargs) -> bool:
+        "A copy of a non-CPU tensor to the CPU."
+        if name not in ("cpu", "to") or not args or not isinstance(args[0], torch.Tensor) or args[0].device.type == "cpu": return False
+        if name == "cpu": return True
+        target = [a for a in list(args[1:]) + [(kwargs or {}).get("device")] if isinstance(a, (str, torch.device))]
+        return any(torch.device(t).type == "cpu" for t in target)
+
+    @staticmethod
+    def _mask_index(name, args) -> bool:
+        "Indexing with a boolean tensor (`x[mask]`, `x[mask] = v`): the result's size is the mask's count."
+        if name not in ("__getitem__", "__setitem__") or len(args) < 2: return False
+        idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in idx)
+
+    @property
+    def count(self) -> int: return sum(self.calls.values())

@@ -117,6 +117,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
 
 
+def test_host_reads_do_not_grow_with_the_number_of_steps(data_root, tmp_path):
+    "The resident training loop reads the device only at log intervals and epoch ends: 4 or 12 batches, the same reads."
+    from reid_nb import train as T
+
+    def reads(batches, log_every):
+        cfg = T.TrainConfig(variant="full", dataset="synthetic", data_root=str(data_root), out=str(tmp_path / f"r{batches}-{log_every}"),
+                            input_size=(64, 32), width=0.25, P=4, K=2, epochs=1, max_batches=batches, gpu_data="on",
+                            log_every=log_every, device="cpu")
+        with T.HostReads() as h:
+            T.fit(cfg, progress=False)
+        return h.count
+
+    few, many = reads(4, 100), reads(12, 100)
+    assert few == many, (few, many)
+    every_step = reads(12, 1)                     # a read at every step (the progress bar) shows up in the count
+    assert every_step > many, (every_step, many)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
