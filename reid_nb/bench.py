@@ -4,7 +4,7 @@
 
 # %% ../nbs/34_bench.ipynb #e3f42f22
 from __future__ import annotations
-import argparse, gc, json, math, os, platform, sys, tempfile, time
+import argparse, gc, json, math, os, platform, sys, tempfile, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -16,13 +16,13 @@ from .losses import ReIDLoss
 from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
-from .train import TrainConfig, TrainBatches, TrainStep, resolve_device, amp_dtype, atomic_write
+from .train import TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, resolve_device, amp_dtype, atomic_write
 
 # %% auto #0
 __all__ = ['PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
-           'preset_config', 'LongEpochs', 'time_loop', 'train_setup', 'measure_inference', 'market_like_labels',
-           'eval_problem', 'measure_eval', 'environment', 'benchmark', 'format_report', 'add_arguments',
-           'config_from_args', 'run', 'main']
+           'preset_config', 'LongEpochs', 'time_loop', 'count_host_syncs', 'train_setup', 'measure_inference',
+           'market_like_labels', 'eval_problem', 'measure_eval', 'environment', 'benchmark', 'format_report',
+           'add_arguments', 'config_from_args', 'run', 'main']
 
 # %% ../nbs/34_bench.ipynb #2ea318ab
 PATHS = ("resident", "classic")                       # device-resident uint8 cache + BatchAugment | ImageDataset + DataLoader
@@ -48,7 +48,7 @@ class BenchConfig:
     amp: str = "auto"                    # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: str = "auto"          # auto (on for CUDA) | on | off
     compile: bool = False                # torch.compile the model
-    fused: str = "auto"                  # fused Adam: auto (on for CUDA, as fit does) | on | off
+    fused: str = "auto"                  # fused Adam: auto (on, as fit does, CPU or CUDA) | on | off
     deterministic: bool = False          # deterministic algorithms (and cudnn.benchmark off), as the engine's default
     num_workers: int = 2                 # DataLoader workers of the classic path
     threads: int = 0                     # torch intra-op threads in this process (0: leave torch's setting)
@@ -140,6 +140,29 @@ def time_loop(batches, fn, warmup: int, steps: int, device: torch.device) -> dic
         if hasattr(it, "close"): it.close()          # a TrainBatches generator: shuts its DataLoader workers down
     return dict(images=images, seconds=dt, images_per_s=images / max(dt, 1e-12), step_ms=1000 * dt / steps)
 
+def count_host_syncs(batches, fn, device: torch.device, steps: int = 3) -> float:
+    """Host synchronisations per step of drawing a batch from `batches` and calling `fn(x, y)`, over `steps` steps after one
+    untimed: the synchronising operations CUDA's sync debug mode reports on a GPU, `HostReads` (the Python-side proxy) elsewhere."""
+    it = iter(batches)
+    try:
+        x, y = next(it)[:2]; fn(x, y)
+        _sync(device)
+        if device.type == "cuda":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    for _ in range(steps): x, y = next(it)[:2]; fn(x, y)
+                finally: torch.cuda.set_sync_debug_mode("default")
+            n = sum("synchroniz" in str(w.message) for w in caught)
+        else:
+            with HostReads() as reads:
+                for _ in range(steps): x, y = next(it)[:2]; fn(x, y)
+            n = reads.count
+    finally:
+        if hasattr(it, "close"): it.close()
+    return n / steps
+
 # %% ../nbs/34_bench.ipynb #5f809c98
 def _on(flag: str, device: torch.device) -> bool: return flag == "on" or (flag == "auto" and device.type == "cuda")
 
@@ -148,11 +171,12 @@ def train_setup(cfg: BenchConfig, variant: str, num_classes: int, device: torch.
     tc = cfg.train_config(variant)
     torch.manual_seed(cfg.seed)
     model = build_model(variant, num_classes, input_size=tc.input_size).to(device)
-    criterion = ReIDLoss(num_classes, label_smoothing=tc.label_smoothing, margin=tc.margin, soft_margin=tc.soft_margin).to(device)
+    criterion = ReIDLoss(num_classes, label_smoothing=tc.label_smoothing, margin=tc.margin, soft_margin=tc.soft_margin,
+                         check_labels=False).to(device)
     cl = _on(cfg.channels_last, device)
     if cl: model = model.to(memory_format=torch.channels_last)
     params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, **({"fused": True} if _on(cfg.fused, device) else {}))
+    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=cfg.fused != "off")
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
     if cfg.compile: torch._dynamo.reset()          # a fresh cache per model: 14 compiled instances of one forward would pass dynamo's recompile limit
@@ -160,10 +184,11 @@ def train_setup(cfg: BenchConfig, variant: str, num_classes: int, device: torch.
     net.train(); criterion.train()
     return TrainStep(net, criterion, opt, device, dtype, cl, 1, scaler), model
 
-def _step_fn(step: TrainStep):
+def _step_fn(step: TrainStep, stats: RunningStats):
+    "`fn(x, y)`: one training step, its statistics added on the device as `fit` adds them (no host read)."
     def fn(x, y):
-        loss, _, _, finite = step(x, y)
-        if not finite: raise FloatingPointError(f"non-finite loss {float(loss)} during the benchmark")
+        loss, parts, logits = step(x, y)
+        stats.add(loss, parts, logits, y, stats.images // max(len(y), 1))
     return fn
 
 # %% ../nbs/34_bench.ipynb #39103654
@@ -301,7 +326,11 @@ def benchmark(cfg: BenchConfig, log=None) -> dict:
                 log(f"training: {v} / {path}")
                 _gc(device); _reset_peak(device)
                 step, model = train_setup(cfg, v, ds.num_train_pids, device)
-                r = time_loop(sources[path](0), _step_fn(step), warm[path], cfg.steps, device)
+                stats = RunningStats(device)
+                r = time_loop(sources[path](0), _step_fn(step, stats), warm[path], cfg.steps, device)
+                stats.check(0, f"the benchmark stopped ({v}, {path} path)")
+                r["host_syncs_per_step"] = (count_host_syncs(sources[path](1), _step_fn(step, stats), device)
+                                            if path == "resident" else None)
                 r.update(variant=v, path=path, batch=cfg.P * cfg.K, warmup=warm[path], peak_mem_mb=_peak_mb(device),
                          paper_minutes=PAPER_EPOCHS * MARKET_TRAIN_IMAGES / r["images_per_s"] / 60,
                          train_tflops=3 * fwd_flops * r["images_per_s"] / 1e12)
@@ -349,11 +378,11 @@ def format_report(res: dict) -> str:
         if len(res["data_only"]) == 2:
             L.append(f"  ratio resident/classic: {res['data_only']['resident']['images_per_s'] / res['data_only']['classic']['images_per_s']:.2f}x")
     if res["training"]: L += ["", "training throughput (images/s with the data path included, after warm-up)",
-          f"{'variant':9s} {'path':9s} {'img/s':>10s} {'ms/step':>9s} {'peak MB':>9s} {'TFLOP/s':>8s} {'120 ep x 12,936 img at this rate':>37s}"]
+          f"{'variant':9s} {'path':9s} {'img/s':>10s} {'ms/step':>9s} {'peak MB':>9s} {'TFLOP/s':>8s} {'syncs/step':>10s} {'120 ep x 12,936 img at this rate':>37s}"]
     for v in c["variants"]:
         for r in (r for r in res["training"] if r["variant"] == v):
             L.append(f"{v:9s} {r['path']:9s} {r['images_per_s']:10.1f} {r['step_ms']:9.1f} {_f(r['peak_mem_mb'], '9.0f', '        -')} "
-                     f"{r['train_tflops']:8.3f} {r['paper_minutes']:33.1f} min")
+                     f"{r['train_tflops']:8.3f} {_f(r.get('host_syncs_per_step'), '10.1f', '         -')} {r['paper_minutes']:33.1f} min")
         if v in res["ratios"]: L.append(f"{v:9s} ratio resident/classic: {res['ratios'][v]:.2f}x")
     if res["inference"]:
         L += ["", "feature extraction (resident path, eval mode, images/s)",
@@ -387,7 +416,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"))
     p.add_argument("--channels-last", choices=("auto", "on", "off"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    p.add_argument("--fused", choices=("auto", "on", "off"), help="fused Adam (auto: on for CUDA)")
+    p.add_argument("--fused", choices=("auto", "on", "off"), help="fused Adam (auto: on, as training does)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="deterministic algorithms and cudnn.benchmark off (default off)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers of the classic path")
