@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a trained run", description="Extract features of the query and gallery "
                        "images, rank, score (CMC, mAP, mINP; with and without re-ranking); write metrics and ranking JSON.")
-    e.add_argument("--run", required=True, help="run directory written by 'reid-nb train'")
+    e.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run directory written by 'reid-nb train' (under torchrun write --run-dir: torchrun reads '--run' as its own option)")
     e.add_argument("--params", help="params.yaml: reads data.dataset/data.root and the 'evaluate' section")
     e.add_argument("--dataset", help="dataset (default: the one the run was trained on)")
     e.add_argument("--data-root", default=None, help="folder holding the datasets (default: data)")
@@ -134,14 +135,15 @@ def _evaluate(args):
     if args.params:
         doc = yaml.safe_load(Path(args.params).read_text()) or {}
         ev, data = doc.get("evaluate", {}) or {}, doc.get("data", {}) or {}
-        known = {"rerank", "flip", "metric", "topk", "device", "batch_size", "num_workers"}
+        known = {"rerank", "flip", "metric", "topk", "device", "batch_size", "num_workers", "data_path"}
         unknown = sorted(set(ev) - known)
         if unknown: raise ValueError(f"{args.params}: unknown evaluate parameter(s) {unknown}; known: {sorted(known)}")
     pick = lambda k, default: getattr(args, k) if getattr(args, k, None) is not None else ev.get(k, default)
     res = evaluate_run(args.run, dataset=args.dataset or data.get("dataset"), data_root=args.data_root or data.get("root", "data"),
                        metrics_out=args.metrics, ranking_out=args.ranking, rerank=pick("rerank", True), flip=pick("flip", True),
                        metric=pick("metric", "cosine"), topk=pick("topk", 10), device=pick("device", "auto"),
-                       batch_size=pick("batch_size", 128), num_workers=ev.get("num_workers", 2), progress=not args.no_progress)
+                       batch_size=pick("batch_size", 128), num_workers=ev.get("num_workers", 2), progress=not args.no_progress,
+                       data_path=ev.get("data_path", "resident"))
     line = f"{res['variant']} on {res['dataset']}: mAP {res['mAP']:.2%}  R1 {res['rank1']:.2%}  R5 {res['rank5']:.2%}  mINP {res['mINP']:.2%}"
     if "rerank" in res: line += f"  | re-ranked: mAP {res['rerank']['mAP']:.2%}  R1 {res['rerank']['rank1']:.2%}"
     print(line)

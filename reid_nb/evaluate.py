@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_evaluate.ipynb #d7457fe1
 from __future__ import annotations
-import json, time
+import json, math, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,13 +13,13 @@ from tqdm.auto import tqdm
 from .models import model_from_config, count_flops
 from .backbone import check_fits
 from .data import load_dataset
-from .transforms import build_transforms, ImageDataset
+from .transforms import build_transforms, ImageDataset, decode_split, host_to_device, BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
-from .train import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu
+from .train import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed
 
 # %% auto #0
-__all__ = ['load_model', 'extract_features', 'topk_ranking', 'evaluate_run']
+__all__ = ['EVAL_PATHS', 'load_model', 'extract_features', 'topk_ranking', 'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
 def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
@@ -37,36 +37,53 @@ def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), meta
 
 # %% ../nbs/31_evaluate.ipynb #b2c490a5
+EVAL_PATHS = ("resident", "classic")
+
+def _classic_batches(records, input_size, device, batch_size, num_workers):
+    "Per-image torchvision test transform in `DataLoader` workers; float batches on `device`."
+    ds = ImageDataset(records, build_transforms(input_size, train=False))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    for img, *_ in loader: yield img.to(device, non_blocking=True)
+
+def _resident_batches(records, input_size, device, batch_size, num_workers, progress):
+    "Decode every image once into a uint8 tensor at the input size (threads), then normalise each batch on `device`."
+    cache = decode_split(records, size=input_size, num_workers=num_workers or None, progress=progress)
+    prep = BatchAugment(input_size).to(device).eval()
+    for a in range(0, len(cache), batch_size): yield prep(host_to_device(cache[a:a + batch_size], device))
+
 @torch.inference_mode()
 def extract_features(model, records, input_size, device="cpu", batch_size: int = 128, flip: bool = False,
-                     num_workers: int = 2, amp: str = "auto", progress: bool = True, desc: str = "features") -> torch.Tensor:
-    "Features `(len(records), D)` (float32, on the CPU) of the images in `records`; `flip` averages with the mirrored image."
+                     num_workers: int = 2, amp: str = "auto", progress: bool = True, desc: str = "features",
+                     data_path: str = "resident") -> torch.Tensor:
+    """Features `(len(records), D)`, float32 on `device`, of the images in `records`; `flip` averages with the mirrored image.
+    `data_path`: 'resident' (decode once at the input size, normalise on the device) or 'classic' (torchvision per image in workers)."""
+    if data_path not in EVAL_PATHS: raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(EVAL_PATHS)}")
     device = torch.device(device) if not isinstance(device, torch.device) else device
     rank, _, world = dist_info()
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
-    mine = list(range(rank, len(records), world)) if distributed else list(range(len(records)))
-    ds = torch.utils.data.Subset(ImageDataset(records, build_transforms(input_size, train=False)), mine)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+    mine = [records[i] for i in range(rank, len(records), world)] if distributed else list(records)
     dtype = amp_dtype(device, amp)
+    show = progress and rank == 0
     feats = []
-    for img, *_ in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
-        img = img.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            f = model(img).float()
-            if flip: f = (f + model(img.flip(-1)).float()) / 2
-        feats.append(f.cpu())
-    out = torch.cat(feats) if feats else torch.zeros(0, getattr(model, "feature_dim", 0))
+    if mine:
+        batches = (_resident_batches(mine, input_size, device, batch_size, num_workers, show) if data_path == "resident"
+                   else _classic_batches(mine, input_size, device, batch_size, num_workers))
+        for img in tqdm(batches, desc=desc, total=math.ceil(len(mine) / batch_size), disable=not show, leave=False):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                f = model(img).float()
+                if flip: f = (f + model(img.flip(-1)).float()) / 2
+            feats.append(f)
+    out = torch.cat(feats) if feats else torch.zeros(0, getattr(model, "feature_dim", 0), device=device)
     if distributed:
         n_max = (len(records) + world - 1) // world
-        pad = torch.zeros(n_max, out.shape[1]); pad[: len(out)] = out
-        pad = pad.to(device) if dist.get_backend() == "nccl" else pad
+        comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        pad = torch.zeros(n_max, out.shape[1], device=comm); pad[: len(out)] = out.to(comm)
         gathered = [torch.zeros_like(pad) for _ in range(world)]
         dist.all_gather(gathered, pad)
-        full = torch.zeros(len(records), out.shape[1])
-        for r, g in enumerate(gathered):
-            idx = list(range(r, len(records), world)); full[idx] = g[: len(idx)].cpu()
-        out = full
+        full = torch.zeros(len(records), out.shape[1], device=comm)
+        for r, g in enumerate(gathered): full[r::world] = g[: len(range(r, len(records), world))]
+        out = full.to(device)
     return out
 
 # %% ../nbs/31_evaluate.ipynb #16a6b122
@@ -86,17 +103,19 @@ def topk_ranking(distmat: torch.Tensor, q_pids, g_pids, q_camids, g_camids, k: i
 
 def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", metrics_out=None, ranking_out=None,
                  rerank: bool = True, metric: str = "cosine", flip: bool = True, topk: int = 10, device: str = "auto",
-                 batch_size: int = 128, num_workers: int = 2, progress: bool = True) -> dict:
+                 batch_size: int = 128, num_workers: int = 2, progress: bool = True, data_path: str = "resident") -> dict:
     "Evaluate a trained run on its dataset's query/gallery split; writes metrics (and ranking) JSON; returns the metrics."
     if metric not in ("cosine", "euclidean"): raise ValueError(f"metric={metric!r}: expected cosine or euclidean")
     dev = resolve_device(device)
+    _, _, dev = init_distributed(dev)            # under torchrun: each rank extracts a share of the features
     if dev.type == "cpu": configure_cpu()
     model, meta = load_model(run_dir, dev)
     dataset = dataset or meta.get("dataset", "synthetic")
     ds = load_dataset(dataset, data_root)
     input_size = tuple(meta["model_config"]["input_size"])
     t0 = time.time()
-    kw = dict(input_size=input_size, device=dev, batch_size=batch_size, flip=flip, num_workers=num_workers, progress=progress)
+    kw = dict(input_size=input_size, device=dev, batch_size=batch_size, flip=flip, num_workers=num_workers, progress=progress,
+              data_path=data_path)
     qf = extract_features(model, ds.query, desc="query features", **kw)
     gf = extract_features(model, ds.gallery, desc="gallery features", **kw)
     t_feat = time.time() - t0
