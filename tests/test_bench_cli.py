@@ -23,10 +23,11 @@ def test_bench_cpu_tiny(tmp_path):
     assert "note: on a CPU the 'resident' path" in out, out
     rates = {}
     for path in ("resident", "classic"):
-        m = re.search(rf"^baseline\s+{path}\s+{NUM}\s+{NUM}\s+-\s+{NUM}\s+{NUM} min$", out, re.M)
+        m = re.search(rf"^baseline\s+{path}\s+{NUM}\s+{NUM}\s+-\s+{NUM}\s+(\S+)\s+{NUM} min$", out, re.M)
         assert m, f"no training line for {path}:\n{out}"
         rates[path] = float(m.group(1))
-        assert rates[path] > 0 and float(m.group(2)) > 0 and float(m.group(4)) > 0, m.group(0)
+        assert rates[path] > 0 and float(m.group(2)) > 0 and float(m.group(5)) > 0, m.group(0)
+        assert m.group(4) == ("0.0" if path == "resident" else "-"), m.group(0)   # host syncs per step: none on the resident path
     m = re.search(rf"^baseline\s+ratio resident/classic: {NUM}x$", out, re.M)
     assert m and float(m.group(1)) > 0, out
     assert abs(float(m.group(1)) - rates["resident"] / rates["classic"]) < 0.02 * float(m.group(1)) + 0.01, (m.group(0), rates)
@@ -41,6 +42,7 @@ def test_bench_cpu_tiny(tmp_path):
     assert res["config"]["variants"] == ["baseline"] and res["environment"]["device"] == "cpu"
     assert [(r["variant"], r["path"]) for r in res["training"]] == [("baseline", "resident"), ("baseline", "classic")]
     assert all(r["images_per_s"] > 0 and r["images"] == 3 * 8 and r["peak_mem_mb"] is None for r in res["training"])
+    assert [r["host_syncs_per_step"] for r in res["training"]] == [0.0, None]
     assert res["ratios"]["baseline"] > 0
     assert res["eval"]["scale"] == "tiny" and res["eval"]["rerank_ms"] > 0 and res["eval"]["evaluation_ms"] > 0
 
