@@ -12,11 +12,11 @@ import torch
 from .models import build_model, count_flops, VARIANTS
 from .data import load_dataset
 from .sampler import PKSampler
-from .losses import ReIDLoss
 from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
-from .train import TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, resolve_device, amp_dtype, atomic_write
+from .train import (TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, build_training, auto_on, resolve_device,
+                           amp_dtype, atomic_write)
 
 # %% auto #0
 __all__ = ['PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
@@ -169,21 +169,10 @@ def count_host_syncs(batches, fn, device: torch.device, steps: int = 3) -> float
     return n / steps
 
 # %% ../nbs/34_bench.ipynb #5f809c98
-def _on(flag: str, device: torch.device) -> bool: return flag == "on" or (flag == "auto" and device.type == "cuda")
-
 def train_setup(cfg: BenchConfig, variant: str, num_classes: int, device: torch.device):
-    "`(TrainStep, model)` for `variant` on `device`, built as `reid_nb.train.fit` builds them."
-    tc = cfg.train_config(variant)
+    "`(TrainStep, model)` for `variant` on `device`, built by `reid_nb.train.build_training` as `fit` builds them."
     torch.manual_seed(cfg.seed)
-    model = build_model(variant, num_classes, input_size=tc.input_size).to(device)
-    criterion = ReIDLoss(num_classes, label_smoothing=tc.label_smoothing, margin=tc.margin, soft_margin=tc.soft_margin,
-                         check_labels=False).to(device)
-    cl = _on(cfg.channels_last, device)
-    if cl: model = model.to(memory_format=torch.channels_last)
-    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=cfg.fused != "off")
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
+    model, criterion, opt, dtype, scaler, cl = build_training(cfg.train_config(variant), num_classes, device, fused=cfg.fused != "off")
     if cfg.compile: torch._dynamo.reset()          # a fresh cache per model: 14 compiled instances of one forward would pass dynamo's recompile limit
     net = torch.compile(model) if cfg.compile else model
     net.train(); criterion.train()
@@ -200,7 +189,7 @@ def _step_fn(step: TrainStep, stats: RunningStats):
 def measure_inference(model, cache: torch.Tensor, cfg: BenchConfig, device: torch.device) -> dict:
     "Feature-extraction images/s of `model` on batches of `cfg.infer_batch` images drawn from the uint8 `cache` (on `device`)."
     aug = BatchAugment(cfg.input_size).to(device).eval()
-    dtype, cl, B, N = amp_dtype(device, cfg.amp), _on(cfg.channels_last, device), cfg.infer_batch, len(cache)
+    dtype, cl, B, N = amp_dtype(device, cfg.amp), auto_on(cfg.channels_last, device), cfg.infer_batch, len(cache)
     def batches():
         for i in range(cfg.warmup + cfg.steps):
             idx = torch.arange(i * B, (i + 1) * B, device=device) % N

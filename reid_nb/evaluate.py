@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .models import model_from_config, count_flops
+from .models import model_from_config, count_flops, count_params
 from .backbone import check_fits
 from .data import load_dataset
 from .transforms import build_transforms, ImageDataset, decode_split, host_to_device, BatchAugment
@@ -121,18 +121,18 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     t_feat = time.time() - t0
     q_pids, g_pids = np.array([r.pid for r in ds.query]), np.array([r.pid for r in ds.gallery])
     q_cams, g_cams = np.array([r.camid for r in ds.query]), np.array([r.camid for r in ds.gallery])
-    qg = compute_distance(qf.to(dev), gf.to(dev), metric=metric)
+    qg = compute_distance(qf, gf, metric=metric)           # the features are on `dev` already
     res = dict(variant=meta["variant"], dataset=dataset, run=str(run_dir), metric=metric, flip=flip,
                num_query=len(ds.query), num_gallery=len(ds.gallery),
-               params_M=sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head.classifier")) / 1e6,
+               params_M=count_params(model) / 1e6,
                gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size),
                width=meta["model_config"].get("width", 1.0),
                train_epochs=meta.get("train_config", {}).get("epochs"),
                **_summary(evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=50)))
     t1 = time.time()
     if rerank:
-        qq = compute_distance(qf.to(dev), qf.to(dev), metric=metric)
-        gg = compute_distance(gf.to(dev), gf.to(dev), metric=metric)
+        qq = compute_distance(qf, qf, metric=metric)
+        gg = compute_distance(gf, gf, metric=metric)
         rr = torch.as_tensor(re_ranking(qg, qq, gg))
         res["rerank"] = _summary(evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50))
     res["seconds"] = dict(features=t_feat, rerank=time.time() - t1)

@@ -19,7 +19,7 @@ from .head import POOLINGS, NECKS, ReIDHead
 
 # %% auto #0
 __all__ = ['BACKBONES', 'MODEL_OPTIONS', 'VARIANTS', 'DESCRIPTIONS', 'ModelConfig', 'ReIDModel', 'build_model',
-           'model_from_config', 'count_flops', 'variant_table', 'markdown_table']
+           'model_from_config', 'count_params', 'count_flops', 'variant_table', 'markdown_table']
 
 # %% ../nbs/07_models.ipynb #ec3b86b5
 BACKBONES = {"resnet50_ibn_a": resnet50_ibn_a, "resnet50": resnet50}
@@ -202,6 +202,10 @@ def model_from_config(config: dict, num_classes: int, pretrained: str | None = N
     return build_model(variant, num_classes, **cfg)
 
 # %% ../nbs/07_models.ipynb #59391bd3
+def count_params(model: nn.Module) -> int:
+    "Parameters without the classifier, whose size depends on the number of training identities (what the papers' tables count)."
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head.classifier"))
+
 def count_flops(model: nn.Module, input_size=(256, 128)) -> int:
     "FLOPs (multiply-add = 2) of one `input_size` image through `model` in eval mode, measured with `FlopCounterMode` (works on the meta device)."
     was, device = model.training, next(model.parameters()).device
@@ -217,7 +221,7 @@ def variant_table(input_size=(256, 128), variants=None, device="meta", width: fl
     rows = []
     for v in variants or VARIANTS:
         with torch.device(device): m = build_model(v, 1, input_size=input_size, width=width)
-        n = sum(p.numel() for name, p in m.named_parameters() if not name.startswith("head.classifier"))
+        n = count_params(m)
         g = count_flops(m, input_size) / 1e9
         c5 = m.backbone.stage_shapes(input_size)["conv5"]
         rows.append(dict(variant=v, what=DESCRIPTIONS.get(v, ""), params_m=round(n / 1e6, 2), gflops=round(g, 2),

@@ -20,10 +20,10 @@ from .losses import ReIDLoss
 from .transforms import build_transforms, ImageDataset, decode_split, BatchAugment, host_to_device
 
 # %% auto #0
-__all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_device', 'configure_cpu', 'amp_dtype', 'lr_at', 'atomic_write',
+__all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'lr_at', 'atomic_write',
            'save_checkpoint', 'read_checkpoint', 'restore_optimizer', 'model_state', 'check_compatible', 'dist_info',
            'init_distributed', 'barrier', 'sample_seed', 'SeededSamples', 'TrainBatches', 'NonFiniteLoss', 'TrainStep',
-           'RunningStats', 'fit', 'HostReads']
+           'RunningStats', 'build_training', 'fit', 'HostReads']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -116,6 +116,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 def configure_cpu():
     "Flush denormal floats to zero on the CPU: randomly initialised networks produce them, and x86 arithmetic on denormals is 10–20× slower."
     torch.set_flush_denormal(True)
+
+def auto_on(flag: str, device: torch.device) -> bool:
+    "An 'auto' | 'on' | 'off' switch resolved for `device`: 'auto' means on for CUDA."
+    return flag == "on" or (flag == "auto" and device.type == "cuda")
 
 def amp_dtype(device: torch.device, amp: str = "auto"):
     "The autocast dtype for `amp` on `device` (None: full precision)."
@@ -346,6 +350,20 @@ class RunningStats:
         s = self.sums.tolist()
         return dict(zip(self.KEYS, s), correct=int(round(s[-1])), images=self.images, seconds=self.seconds)
 
+def build_training(cfg: TrainConfig, num_classes: int, device: torch.device, fused: bool = True):
+    """`(model, criterion, optimizer, autocast dtype, grad scaler, channels_last)` for `cfg` on `device`: what `fit` trains
+    with (and what `reid-nb bench` times). The labels are checked by the data path, so the loss does not check them again."""
+    model = build_model(cfg.variant, num_classes, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained).to(device)
+    criterion = ReIDLoss(num_classes, label_smoothing=cfg.label_smoothing, margin=cfg.margin, soft_margin=cfg.soft_margin,
+                         center_weight=cfg.center_weight, feat_dim=model.feature_dim, check_labels=False).to(device)
+    cl = auto_on(cfg.channels_last, device)
+    if cl: model = model.to(memory_format=torch.channels_last)
+    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr_at(0, cfg), weight_decay=cfg.weight_decay, fused=fused)   # fused: one multi-tensor kernel, CPU or CUDA
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
+    return model, criterion, opt, dtype, scaler, cl
+
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     "Train `cfg.variant` on `cfg.dataset`; returns a summary dict (also written to `out/train_summary.json`)."
     out = Path(cfg.out)
@@ -360,18 +378,9 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
 
     ds = load_dataset(cfg.dataset, cfg.data_root)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
-    gpu_data = cfg.gpu_data == "on" or (cfg.gpu_data == "auto" and device.type == "cuda")
+    gpu_data = auto_on(cfg.gpu_data, device)
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
-
-    model = build_model(cfg.variant, ds.num_train_pids, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained).to(device)
-    criterion = ReIDLoss(ds.num_train_pids, label_smoothing=cfg.label_smoothing, margin=cfg.margin, soft_margin=cfg.soft_margin,
-                         center_weight=cfg.center_weight, feat_dim=model.feature_dim, check_labels=False).to(device)
-    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
-    if cl: model = model.to(memory_format=torch.channels_last)
-    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr_at(0, cfg), weight_decay=cfg.weight_decay, fused=True)   # one multi-tensor kernel, CPU or CUDA
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
+    model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device)
 
     meta_base = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
                      dataset=cfg.dataset)
