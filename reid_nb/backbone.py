@@ -6,16 +6,16 @@
 from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
-import os
+import os, pickle
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
-from .download import download_url, check_file
+from .download import download_url, check_file, file_hash
 
 # %% auto #0
 __all__ = ['STAGES', 'PLANES', 'BLOCKS', 'PRETRAINED', 'IBN', 'check_width', 'bottleneck_stage', 'ResNetReID', 'resnet50_ibn_a',
-           'resnet50', 'weights_dir', 'read_state_dict', 'map_checkpoint_keys', 'check_fits', 'load_pretrained',
-           'summary']
+           'resnet50', 'weights_dir', 'weights_source', 'read_state_dict', 'map_checkpoint_keys', 'fill_bn_counters',
+           'check_fits', 'load_pretrained', 'save_release_checkpoint', 'summary']
 
 # %% ../nbs/01_backbone.ipynb #11d8b462
 class IBN(nn.Module):
@@ -139,16 +139,27 @@ def weights_dir() -> Path:
     "Where downloaded weights are cached: `$REID_NB_WEIGHTS`, else `~/.cache/reid_nb/weights`."
     return Path(os.environ.get("REID_NB_WEIGHTS", Path.home() / ".cache" / "reid_nb" / "weights"))
 
+def weights_source(src, backbone: str) -> str:
+    "`src` with `{backbone}` replaced by the trunk's name: one `pretrained` setting for both trunks (`weights/{backbone}.pth`)."
+    return str(src).replace("{backbone}", backbone)
+
 def read_state_dict(path) -> dict[str, torch.Tensor]:
-    "Tensors from a `.safetensors` file or a `torch.save`d file (loaded with `weights_only=True`)."
+    "Tensors from a `.safetensors` file or a `torch.save`d file, zip or legacy format (loaded with `weights_only=True`: a pickle that would run code is refused)."
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
     try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((l.strip() for l in str(e).splitlines() if "GLOBAL" in l), None)   # the object the pickle would build
+        if why is None: raise ValueError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError)") from None
+        raise ValueError(f"{path}: refused: this pickle asks for more than tensors and plain containers: {why}; "
+                         "weights are only read with torch.load(weights_only=True), which never runs code from the file") from None
     except Exception as e: raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict): obj = obj["state_dict"]
     if not isinstance(obj, dict): raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not torch.is_tensor(v)]
+    if bad: raise ValueError(f"{path}: expected a state dict of tensors; not tensors: {', '.join(map(str, bad[:5]))}")
     return obj
 
 def map_checkpoint_keys(sd: dict) -> dict[str, torch.Tensor]:
@@ -160,6 +171,18 @@ def map_checkpoint_keys(sd: dict) -> dict[str, torch.Tensor]:
         out[k] = v
     return out
 
+def fill_bn_counters(model: nn.Module, sd: dict) -> list[str]:
+    """Add the `num_batches_tracked` counters that checkpoints saved before PyTorch 0.4.1 lack (the public ResNet-50 and
+    IBN-Net releases), as PyTorch's BatchNorm loader does: the module's own counter (0 at construction). In place; returns the keys filled."""
+    filled = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.modules.batchnorm._BatchNorm) or mod.num_batches_tracked is None: continue
+        pre = f"{name}." if name else ""
+        if pre + "num_batches_tracked" not in sd and pre + "running_mean" in sd:
+            sd[pre + "num_batches_tracked"] = mod.num_batches_tracked.detach().clone().cpu()
+            filled.append(pre + "num_batches_tracked")
+    return filled
+
 def check_fits(model: nn.Module, sd: dict, what: str):
     "Raise a ValueError starting with `what` unless state dict `sd` has exactly `model`'s keys and shapes (naming what differs)."
     own = model.state_dict()
@@ -168,12 +191,14 @@ def check_fits(model: nn.Module, sd: dict, what: str):
         def show(keys): return ", ".join(keys[:5]) + (f" … ({len(keys)} in all)" if len(keys) > 5 else "") if keys else "none"
         raise ValueError(f"{what}: missing keys: {show(missing)}; unexpected keys: {show(unexpected)}")
     bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if sd[k].shape != own[k].shape]
-    if bad: raise ValueError(f"{what}: shapes differ: {', '.join(bad[:5])}")
+    if bad: raise ValueError(f"{what}: shapes differ (file vs model): {', '.join(bad[:5])}")
 
 def load_pretrained(model: nn.Module, src, checksum: str | None = None) -> nn.Module:
-    "Load weights into `model` from 'imagenet', a path or a URL; the keys must match exactly (after `map_checkpoint_keys`)."
+    """Load weights into `model` from 'imagenet', a path or a URL (`{backbone}` in it is replaced by the trunk's name).
+    Every key must match after `map_checkpoint_keys`, except the BatchNorm counters old releases lack (`fill_bn_counters`).
+    Records `model.pretrained_keys` (the names loaded) and `model.pretrained_from` (file, SHA-256, counts)."""
     name = "resnet50_ibn_a" if getattr(model, "ibn", True) else "resnet50"
-    src = str(src)
+    src = weights_source(src, name)
     if src == "imagenet":
         info = PRETRAINED[name]
         src, checksum = info["url"], checksum or info["checksum"]
@@ -186,9 +211,37 @@ def load_pretrained(model: nn.Module, src, checksum: str | None = None) -> nn.Mo
     else:
         path = check_file(src, checksum)
     sd = map_checkpoint_keys(read_state_dict(path))
+    filled = fill_bn_counters(model, sd)
     check_fits(model, sd, f"{path}: checkpoint does not fit {type(model).__name__}(ibn={getattr(model, 'ibn', None)})")
     model.load_state_dict(sd)
+    model.pretrained_keys = frozenset(sd)
+    model.pretrained_from = dict(file=str(path), sha256=file_hash(path), backbone=name, tensors=len(sd) - len(filled),
+                                 filled_counters=len(filled))
     return model
+
+def save_release_checkpoint(path, ibn: bool = True, seed: int = 0, counters: bool = False, prefix: str = "",
+                            legacy: bool = True) -> Path:
+    """Write a checkpoint in the key layout of the public ImageNet releases — IBN-Net v1.0's `resnet50_ibn_a` (`ibn=True`) or
+    torchvision's `resnet50` — with random values drawn from `seed`: a stand-in for tests and the rehearsal, **not** ImageNet
+    weights. Like those files: no `num_batches_tracked` (unless `counters`), the 1000-class `fc`, the legacy pickle format
+    (unless `legacy=False`); `prefix='module.'` imitates a `DataParallel` save."""
+    g = torch.Generator().manual_seed(seed)
+    net = ResNetReID(ibn=ibn, zero_init_residual=False)
+    sd = OrderedDict()
+    for k, v in net.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            if counters: sd[k] = torch.tensor(1000 + seed, dtype=torch.long)
+            continue
+        if k.endswith("running_var"): t = torch.rand(v.shape, generator=g) + 0.5
+        elif v.ndim > 1: t = torch.randn(v.shape, generator=g) * (2 / (v.shape[0] * v[0].numel() / v.shape[1])) ** 0.5  # He, fan-out
+        elif k.endswith("weight"): t = 1 + 0.1 * torch.randn(v.shape, generator=g)
+        else: t = 0.1 * torch.randn(v.shape, generator=g)                                    # biases, running means
+        sd[k] = t.to(v.dtype)
+    sd["fc.weight"], sd["fc.bias"] = 0.01 * torch.randn(1000, net.channels["conv5"], generator=g), torch.zeros(1000)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(OrderedDict((prefix + k, v) for k, v in sd.items()), path, _use_new_zipfile_serialization=not legacy)
+    return path
+
 
 # %% ../nbs/01_backbone.ipynb #d9326138
 def summary(input_size=(256, 128), last_stride: int = 2) -> str:

@@ -104,12 +104,37 @@ class ReIDModel(nn.Module):
         cfg = config
         self.cfg, self.variant = cfg, variant
         self.backbone = BACKBONES[cfg.backbone](last_stride=cfg.last_stride, pretrained=cfg.pretrained, width=cfg.width)
+        # the parameters that received checkpoint values, held until the end of __init__ (so their ids stay unique)
+        loaded = {id(p): p for n, p in self.backbone.named_parameters() if n in getattr(self.backbone, "pretrained_keys", ())}
         if cfg.mhsa: add_mhsa(self.backbone, cfg.input_size, cfg.mhsa, cfg.mhsa_heads)
         self.eca = add_eca(self.backbone, cfg.eca)                          # empty unless placement 'stage'
         self.rga = rga_after_stages(self.backbone, cfg.input_size, cfg.rga)  # empty unless rga != 'none'
         self.fusion = None if cfg.fusion == "none" else FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in FUSED_STAGES])
         dim = self.fusion.out_channels if self.fusion is not None else self.backbone.channels["conv5"]
         self.head = ReIDHead(dim, num_classes, cfg.pooling, cfg.neck)
+        # names of the parameters that did not come from the checkpoint (None: nothing was loaded, every parameter is new)
+        self.new_parameters = [n for n, p in self.named_parameters() if id(p) not in loaded] if loaded else None
+
+    @property
+    def pretrained_from(self) -> dict | None:
+        "Where the backbone's weights came from (file, SHA-256, tensor counts), or None when trained from scratch."
+        return getattr(self.backbone, "pretrained_from", None)
+
+    def new_modules(self) -> dict[str, str]:
+        "The largest modules all of whose parameters are new (not loaded from the checkpoint), with their class names."
+        if self.new_parameters is None: return {}
+        new, whole = set(self.new_parameters), {}
+        for name, mod in self.named_modules():
+            ps = [f"{name}.{n}" if name else n for n, _ in mod.named_parameters()]
+            if ps and all(q in new for q in ps): whole[name] = type(mod).__name__
+        return {m: t for m, t in whole.items() if not any(m.startswith(a + ".") for a in whole if a != m)}
+
+    def describe_new(self) -> dict | None:
+        "What the run should record about the new layers: tensor and parameter counts and `new_modules()` (None without pretrained weights)."
+        if self.new_parameters is None: return None
+        sizes = dict(self.named_parameters())
+        return dict(tensors=len(self.new_parameters), parameters=sum(sizes[n].numel() for n in self.new_parameters),
+                    modules=self.new_modules())
 
     @property
     def config(self) -> dict:

@@ -17,13 +17,13 @@ from .models import build_model, VARIANTS
 from .data import load_dataset
 from .sampler import PKSampler
 from .losses import ReIDLoss
-from .transforms import build_transforms, ImageDataset, decode_split, BatchAugment, host_to_device
+from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'lr_at', 'atomic_write',
            'save_checkpoint', 'read_checkpoint', 'restore_optimizer', 'model_state', 'check_compatible', 'dist_info',
            'init_distributed', 'barrier', 'sample_seed', 'SeededSamples', 'TrainBatches', 'NonFiniteLoss', 'TrainStep',
-           'RunningStats', 'build_training', 'fit', 'HostReads']
+           'RunningStats', 'param_groups', 'set_lr', 'build_training', 'fit', 'HostReads']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -52,7 +52,8 @@ class TrainConfig:
     margin: float = 0.3
     soft_margin: bool = False
     center_weight: float = 0.0                 # 0 disables the center loss
-    pretrained: str | None = None              # None | "imagenet" | path | URL
+    pretrained: str | None = None              # None | "imagenet" | path | URL ("{backbone}" in it: resnet50_ibn_a or resnet50)
+    new_lr_mult: float = 1.0                   # learning-rate multiplier of the layers not in the pretrained checkpoint
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
     amp: str = "auto"                          # auto (bf16 on CUDA where supported, else fp16; off on CPU) | bf16 | fp16 | off
     channels_last: str = "auto"                # auto (on for CUDA) | on | off
@@ -67,6 +68,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.input_size, self.milestones = tuple(self.input_size), tuple(self.milestones)
+        for k in ("channels_last", "gpu_data"):     # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
+            if isinstance(getattr(self, k), bool): setattr(self, k, "on" if getattr(self, k) else "off")
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
         choices = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"),
                        channels_last=("auto", "on", "off"), gpu_data=("auto", "on", "off"))
@@ -79,6 +82,8 @@ class TrainConfig:
         for k in ("flip_p", "erase_p"):
             if not 0 <= getattr(self, k) <= 1: raise ValueError(f"{k}={getattr(self, k)}: expected a probability in [0, 1]")
         if self.pad < -1: raise ValueError(f"pad={self.pad}: expected pixels (≥ 0) or -1 (scaled to the input size)")
+        if not (isinstance(self.new_lr_mult, (int, float)) and not isinstance(self.new_lr_mult, bool) and self.new_lr_mult > 0):
+            raise ValueError(f"new_lr_mult={self.new_lr_mult!r}: expected a positive number (1: the base rate)")
         if self.K < 2: raise ValueError(f"K={self.K}: the triplet loss needs at least 2 images per identity")
 
     @classmethod
@@ -243,7 +248,10 @@ class TrainBatches:
         if num_classes is not None and len(self.pids) and (int(self.pids.min()) < 0 or int(self.pids.max()) >= num_classes):
             raise ValueError(f"training labels must lie in [0, {num_classes}), got [{int(self.pids.min())}, {int(self.pids.max())}]")
         if gpu:
-            self.cache = decode_split(records, size=None).to(device)   # native size; BatchAugment resizes on the device
+            # one common size (Market-1501's 128×64): keep it, BatchAugment resizes on the device; mixed sizes (DukeMTMC-reID):
+            # every image decoded to the input size. Never the first image's size for all.
+            size = None if len(set(image_sizes(records))) == 1 else cfg.input_size
+            self.cache = decode_split(records, size=size).to(device)
             self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
             self.pids = self.pids.to(device)
         else:
@@ -350,6 +358,19 @@ class RunningStats:
         s = self.sums.tolist()
         return dict(zip(self.KEYS, s), correct=int(round(s[-1])), images=self.images, seconds=self.seconds)
 
+def param_groups(model, criterion, new_lr_mult: float = 1.0) -> list[dict]:
+    """The optimiser's parameter groups: everything at the base rate, except, when pretrained weights were loaded, the layers
+    that were not in the checkpoint (`model.new_parameters`), whose group carries `lr_mult=new_lr_mult`."""
+    new = set(getattr(model, "new_parameters", None) or ())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    base = [p for n, p in named if n not in new] + [p for p in criterion.parameters() if p.requires_grad]
+    fresh = [p for n, p in named if n in new]
+    return [dict(params=base, lr_mult=1.0)] + ([dict(params=fresh, lr_mult=float(new_lr_mult))] if fresh else [])
+
+def set_lr(opt, lr: float):
+    "Set every group's rate to `lr` times its `lr_mult`."
+    for g in opt.param_groups: g["lr"] = lr * g.get("lr_mult", 1.0)
+
 def build_training(cfg: TrainConfig, num_classes: int, device: torch.device, fused: bool = True):
     """`(model, criterion, optimizer, autocast dtype, grad scaler, channels_last)` for `cfg` on `device`: what `fit` trains
     with (and what `reid-nb bench` times). The labels are checked by the data path, so the loss does not check them again."""
@@ -358,8 +379,9 @@ def build_training(cfg: TrainConfig, num_classes: int, device: torch.device, fus
                          center_weight=cfg.center_weight, feat_dim=model.feature_dim, check_labels=False).to(device)
     cl = auto_on(cfg.channels_last, device)
     if cl: model = model.to(memory_format=torch.channels_last)
-    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr_at(0, cfg), weight_decay=cfg.weight_decay, fused=fused)   # fused: one multi-tensor kernel, CPU or CUDA
+    opt = torch.optim.Adam(param_groups(model, criterion, cfg.new_lr_mult), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay,
+                           fused=fused)                                   # fused: one multi-tensor kernel, CPU or CUDA
+    set_lr(opt, lr_at(0, cfg))
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
     return model, criterion, opt, dtype, scaler, cl
@@ -382,6 +404,13 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
     model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device)
 
+    if rank == 0 and model.pretrained_from:
+        src, new = model.pretrained_from, model.describe_new()
+        kinds = collections.Counter(new["modules"].values())
+        print(f"pretrained: {src['tensors']} tensors from {src['file']} (sha256 {src['sha256'][:12]}…"
+              f"{', %d BatchNorm counters filled' % src['filled_counters'] if src['filled_counters'] else ''}); "
+              f"not in the checkpoint: {new['tensors']} tensors, {new['parameters']:,} parameters in "
+              + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {cfg.new_lr_mult:g})")
     meta_base = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
                      dataset=cfg.dataset)
     ckpt = out / "last.safetensors"
@@ -417,7 +446,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         lr = lr_at(epoch, cfg)
-        for g in opt.param_groups: g["lr"] = lr
+        set_lr(opt, lr)
         net.train(); criterion.train()
         n_batches = len(data.epoch_batches(epoch))
         first = start_batch if epoch == start_epoch else 0
@@ -456,7 +485,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
 
     summary = dict(variant=cfg.variant, dataset=cfg.dataset, epochs=cfg.epochs, world_size=world, device=str(device),
                    amp=str(dtype).replace("torch.", "") if dtype else "off", gpu_data=gpu_data, num_classes=ds.num_train_pids,
-                   seconds=time.time() - t_start, final=rows[-1] if rows else None)
+                   seconds=time.time() - t_start, final=rows[-1] if rows else None, pretrained=model.pretrained_from,
+                   new_parameters=None if model.new_parameters is None else dict(model.describe_new(), lr_mult=cfg.new_lr_mult))
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(dict(
         rank=rank, world_size=world, params_sha256=_params_digest(model),

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'build_transforms', 'BadImageError', 'read_image', 'filter_readable', 'ImageDataset',
-           'decode_split', 'host_to_device', 'BatchAugment']
+           'image_sizes', 'decode_split', 'host_to_device', 'BatchAugment']
 
 # %% ../nbs/13_transforms.ipynb #783a3d5b
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,12 +92,29 @@ def _decode_one(path, size) -> torch.Tensor:
         x = F.interpolate(x[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
     return x
 
+def image_sizes(records: Sequence) -> list[tuple[int, int]]:
+    "`(height, width)` of every image of `records` (paths or records with `.path`), read from the file headers only."
+    out = []
+    for r in records:
+        path = r.path if hasattr(r, "path") else r
+        try:
+            with Image.open(path) as im: out.append((im.height, im.width))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise BadImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    return out
+
 def decode_split(records: Sequence, size=(128, 64), num_workers: int | None = None, progress: bool = True) -> torch.Tensor:
     "Decode the images of `records` once into a uint8 tensor `(N, 3, H, W)` (resized to `size` = (H, W) where needed)."
     size = _size(size) if size is not None else None
     paths = [r.path if hasattr(r, "path") else r for r in records]
     if not paths: raise ValueError("decode_split: no records to decode")
-    if size is None: size = tuple(_decode_one(paths[0], None).shape[1:])
+    if size is None:                                # native size: only when every image has the same one
+        sizes = image_sizes(paths)
+        odd = next((i for i, s in enumerate(sizes) if s != sizes[0]), None)
+        if odd is not None:
+            raise ValueError(f"decode_split(size=None): the images differ in size ({paths[0]} is {sizes[0][0]}×{sizes[0][1]}, "
+                             f"{paths[odd]} is {sizes[odd][0]}×{sizes[odd][1]}); give the size to decode them to")
+        size = sizes[0]
     with torch.inference_mode(False):     # a normal tensor even when called under inference_mode: the worker threads write into it
         out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
