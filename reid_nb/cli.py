@@ -4,14 +4,15 @@
 
 # %% ../nbs/32_cli.ipynb #01c0d20f
 from __future__ import annotations
-import argparse, dataclasses, json, sys, typing
+import argparse, dataclasses, json, shlex, subprocess, sys, typing
 from pathlib import Path
 import yaml
 from .train import TrainConfig, fit
 from .download import DownloadError, ChecksumError
 
 # %% auto #0
-__all__ = ['load_params', 'train_config_from_args', 'build_parser', 'dataset_manifest', 'main']
+__all__ = ['load_params', 'train_config_from_args', 'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command',
+           'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
@@ -95,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="The pipeline's data stage: 'synthetic' is generated (deterministic from --seed); "
                         "market1501/dukemtmc are located or fetched, verified and extracted.")
     pr.add_argument("dataset", choices=("synthetic", "market1501", "dukemtmc"))
-    pr.add_argument("--root", default="data", help="data root (default: data)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    pr.add_argument("--params", help="params.yaml: reads data.root, data.synthetic_seed and data.archives.DATASET (options given here win)")
+    pr.add_argument("--root", default=None, help="data root (default: data)")
+    pr.add_argument("--seed", type=int, default=None, help="seed of the synthetic dataset (default: 0)")
     pr.add_argument("--url", help="where to fetch a real dataset's archive from")
+    pr.add_argument("--archive", help="use this archive file instead of ROOT/raw/<release name> (needs --md5)")
+    pr.add_argument("--md5", help="the declared MD5 of --archive (the release's MD5 is the default and is never skipped)")
     pr.add_argument("--manifest", help="write a JSON manifest (split sizes and a fingerprint of every image) here")
 
     rp = sub.add_parser("report", help="regenerate the tables and figures", description="Execute the papermill report "
@@ -114,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     from reid_nb.bench import add_arguments as _bench_arguments
     _bench_arguments(b)
 
+    mr = sub.add_parser("make-rehearsal", help="write the rehearsal profile's archives and weight files",
+                        description="Render the synthetic identities into Market-1501-v15.09.15.zip and DukeMTMC-reID.zip (the "
+                        "releases' layouts and names) at the paths the profile's data.archives declare, check their MD5s against "
+                        "the declared ones, and write stand-in ImageNet weight files in the releases' key layout (legacy pickle, "
+                        "no BatchNorm counters) where the profile's train.pretrained points. Random weights: for rehearsing the "
+                        "paper profile's code path, not for results.")
+    mr.add_argument("--params", default="params-rehearsal.yaml", help="the profile to make files for (default: params-rehearsal.yaml)")
+    mr.add_argument("--seed", type=int, default=0)
+
+    pf = sub.add_parser("profile", help="run the pipeline with another profile as a DVC experiment",
+                        description="Run 'dvc exp run' with every parameter of params-NAME.yaml set on params.yaml (-S for each "
+                        "value that differs, ~ for each key the profile lacks): DVC records the run as a named experiment with "
+                        "its parameters, lock and results ('dvc exp show'); 'dvc exp branch' keeps it, 'git checkout params.yaml "
+                        "dvc.lock' (or 'dvc exp apply') returns to the default profile.")
+    pf.add_argument("name", help="the profile: params-NAME.yaml (e.g. paper, rehearsal), or a path to a params file")
+    pf.add_argument("--exp-name", help="the experiment's name (default: the profile's name)")
+    pf.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
+
     sub.add_parser("variants", help="list the model variants", description="List the model variants and their configs.")
     return p
 
@@ -128,6 +150,82 @@ def dataset_manifest(ds) -> dict:
             h.update(f"{split}/{p.relative_to(ds.root)}".encode()); h.update(hashlib.sha256(p.read_bytes()).digest())
     return dict(dataset=ds.name, folder=str(ds.root), fingerprint=h.hexdigest(), num_train_pids=ds.num_train_pids,
                 num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)))
+
+def _section(path, key: str) -> dict:
+    "Section `key` of a params YAML (empty when absent); the file must exist and hold a mapping."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such params file")
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict): raise ValueError(f"{path}: expected a mapping at the top level")
+    sec = doc.get(key) or {}
+    if not isinstance(sec, dict): raise ValueError(f"{path}: '{key}' must be a mapping, got {type(sec).__name__}")
+    return sec
+
+def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0) -> dict:
+    """Write the files a rehearsal profile names: each dataset's archive where `data.archives.<name>.file` says (checked against
+    the declared `md5`), and the stand-in weight files where `train.pretrained` (with `{backbone}`) points. Returns what it wrote."""
+    from reid_nb.data import make_archive, dataset_info
+    from reid_nb.backbone import save_release_checkpoint, weights_source
+    doc = yaml.safe_load(Path(params).read_text()) if Path(params).is_file() else None
+    if not isinstance(doc, dict): raise FileNotFoundError(f"{params}: no such params file (or not a mapping)")
+    archives, pre = (doc.get("data") or {}).get("archives") or {}, (doc.get("train") or {}).get("pretrained")
+    if not archives or not pre or pre == "imagenet" or "://" in str(pre):
+        raise ValueError(f"{params}: a rehearsal profile declares data.archives (file, md5) and a local train.pretrained path; "
+                         f"this one has archives={sorted(archives)}, pretrained={pre!r}")
+    made = {}
+    for name in doc.get("datasets") or []:
+        if name not in archives: raise ValueError(f"{params}: dataset {name!r} has no entry under data.archives")
+        want, info = archives[name], dataset_info(name)
+        if Path(want["file"]).name != info.archive:
+            raise ValueError(f"{params}: data.archives.{name}.file must be named {info.archive} (the release's name), got {want['file']}")
+        path, md5 = make_archive(name, Path(want["file"]).parent, seed=seed, progress=True)
+        if md5 != str(want["md5"]).lower():
+            raise ValueError(f"{path}: the archive made here has md5 {md5}, {params} declares {want['md5']}; JPEG bytes depend on the "
+                             f"Pillow build: declare {md5} under data.archives.{name}.md5 to rehearse with this one")
+        print(f"{name}: {path} (md5 {md5}, as declared)"); made[name] = str(path)
+    for backbone, ibn in (("resnet50_ibn_a", True), ("resnet50", False)):
+        f = save_release_checkpoint(weights_source(pre, backbone), ibn=ibn, seed=seed)
+        print(f"{backbone}: {f} (stand-in weights in the release's key layout, legacy pickle, no BatchNorm counters)"); made[backbone] = str(f)
+    return made
+
+def _leaves(d: dict, pre: str = "") -> dict:
+    "Flatten nested mappings into `{'a.b.c': value}` (lists and scalars are leaves)."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_leaves(v, f"{pre}{k}."))
+        else: out[f"{pre}{k}"] = v
+    return out
+
+def _hydra(v) -> str:
+    "A value in the override grammar of `dvc exp run -S` (Hydra's): strings quoted, so that DVC cannot re-type them."
+    if v is None: return "null"
+    if isinstance(v, bool): return "true" if v else "false"
+    if isinstance(v, (int, float)): return repr(v)
+    if isinstance(v, (list, tuple)): return "[" + ",".join(_hydra(x) for x in v) + "]"
+    if isinstance(v, dict): return "{" + ",".join(f"{k}:{_hydra(x)}" for k, x in v.items()) + "}"
+    return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+def profile_command(name, current="params.yaml", exp_name: str | None = None, extra=()) -> list[str]:
+    """`dvc exp run` that turns `current` into profile `name` (`params-NAME.yaml` beside `current`, or a path): `-S ++key=value` for each value that
+    differs, `-S ~key` for each key the profile lacks. The experiment then runs with exactly the profile's parameters."""
+    here = Path(current).parent
+    path = Path(name) if Path(name).suffix in (".yaml", ".yml") else here/f"params-{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem[len("params-"):] for p in here.glob("params-*.yaml"))
+        raise FileNotFoundError(f"{path}: no such profile; known here: {', '.join(known) or 'none'}")
+    want = _leaves(yaml.safe_load(path.read_text()) or {})
+    have = _leaves(yaml.safe_load(Path(current).read_text()) or {}) if Path(current).is_file() else {}
+    sets = [f"++{k}={_hydra(v)}" for k, v in want.items() if k not in have or have[k] != v]
+    known = set(want) | {w.rsplit(".", i)[0] for w in want for i in range(1, w.count(".") + 1)}   # leaves and their parents
+    dels = []
+    for k in have:
+        if k in known: continue
+        parts = k.split(".")
+        top = next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) not in known)
+        if f"~{top}" not in dels: dels.append(f"~{top}")      # the highest key the profile lacks, once
+    cmd = ["dvc", "exp", "run", "-n", exp_name or path.stem.replace("params-", "")]
+    for s in sets + dels: cmd += ["-S", s]
+    return cmd + list(extra)
 
 def _evaluate(args):
     from reid_nb.evaluate import evaluate_run
@@ -167,8 +265,16 @@ def _run(args):
         print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
     elif args.command == "prepare":
         from reid_nb.data import load_dataset
-        kw = dict(seed=args.seed) if args.dataset == "synthetic" else dict(url=args.url)
-        ds = load_dataset(args.dataset, args.root, **kw)
+        data = _section(args.params, "data") if args.params else {}
+        root = args.root or data.get("root", "data")
+        if args.dataset == "synthetic":
+            kw = dict(seed=args.seed if args.seed is not None else data.get("synthetic_seed", 0))
+        else:
+            decl = (data.get("archives") or {}).get(args.dataset) or {}
+            if not isinstance(decl, dict) or set(decl) - {"file", "md5"}:
+                raise ValueError(f"{args.params}: data.archives.{args.dataset} must be a mapping with keys file and md5, got {decl!r}")
+            kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
+        ds = load_dataset(args.dataset, root, **kw)
         ds.stats()
         if args.manifest:
             from reid_nb.train import atomic_write
@@ -184,6 +290,15 @@ def _run(args):
     elif args.command == "bench":
         from reid_nb.bench import run as _bench_run
         _bench_run(args)
+    elif args.command == "make-rehearsal": make_rehearsal(args.params, seed=args.seed)
+    elif args.command == "profile":
+        cmd = profile_command(args.name, exp_name=args.exp_name)
+        print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+        if not args.dry_run:
+            import shutil
+            exe = [shutil.which("dvc")] if shutil.which("dvc") else [sys.executable, "-m", "dvc"]   # the dvc of this environment
+            rc = subprocess.call(exe + cmd[1:])
+            if rc: raise ValueError(f"dvc exp run exited with status {rc}")
     elif args.command == "variants":
         from reid_nb.models import VARIANTS
         for name, c in VARIANTS.items(): print(f"{name:10s} {json.dumps(c)}")

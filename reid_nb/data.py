@@ -4,19 +4,22 @@
 
 # %% ../nbs/10_data.ipynb #924ff7e9
 from __future__ import annotations
-import json, os, re, shutil, tempfile, warnings
+import hashlib, io, json, os, re, shutil, tempfile, warnings, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
-from .download import download_url, safe_extract, check_file
-from .synthetic import make_synthetic, SyntheticConfig
+from .download import download_url, safe_extract, check_file, file_hash, parse_checksum
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render
 
 _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
 
 # %% auto #0
-__all__ = ['NAME_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'SPLITS', 'Record', 'parse_name', 'DatasetInfo', 'dataset_info',
-           'read_split', 'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset', 'archive_path', 'prepare_dataset',
-           'load_dataset', 'make_synthetic', 'SyntheticConfig']
+__all__ = ['NAME_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'SPLITS', 'SOURCE_FILE', 'ARCHIVE_NAMES', 'Record', 'parse_name',
+           'DatasetInfo', 'dataset_info', 'read_split', 'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset',
+           'archive_path', 'prepare_dataset', 'load_dataset', 'make_archive', 'make_synthetic', 'SyntheticConfig']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
 class Record(NamedTuple):
@@ -168,28 +171,54 @@ def archive_path(name: str, root) -> Path:
 def _placement_hint(name: str, root) -> str:
     info = dataset_info(name)
     return (f"Place a copy of {info.archive} (md5 {info.md5}) at {archive_path(name, root)}, or extract it so that "
-            f"{dataset_dir(name, root)/'bounding_box_train'} exists, and run again (or pass url= with a URL or a local path of the archive).")
+            f"{dataset_dir(name, root)/'bounding_box_train'} exists, and run again (or pass --url with a URL or a local path of the archive, or declare another copy with --archive FILE --md5 HEX).")
+
+SOURCE_FILE = ".reid_nb_source.json"     # written into an extracted dataset folder: which archive (and MD5) it came from
+
+def _check_source(name: str, folder: Path, md5: str):
+    "Refuse a dataset folder extracted from another archive than the one declared now."
+    f = folder/SOURCE_FILE
+    have = json.loads(f.read_text()).get("md5") if f.is_file() else None
+    if have is not None and have != md5:
+        raise ValueError(f"{name}: {folder} was extracted from an archive with md5 {have}, but md5 {md5} is declared now; "
+                         f"delete {folder} (or use another data root) to extract the declared archive")
 
 def prepare_dataset(name: str, root, url: str | None = None, download: bool = False, progress: bool = True,
-                    **synthetic_kwargs) -> Path:
-    "Find, fetch and/or extract dataset `name` (generate it, for `synthetic`) under data root `root`; returns the dataset folder."
+                    archive: str | os.PathLike | None = None, md5: str | None = None, **synthetic_kwargs) -> Path:
+    """Find, fetch and/or extract dataset `name` (generate it, for `synthetic`) under data root `root`; returns the dataset folder.
+    `archive` + `md5`: use this archive file (a copy, a repack, the rehearsal's) with its declared MD5 instead of the release's."""
     info, folder = dataset_info(name), dataset_dir(name, root)
-    if name == "synthetic": return _prepare_synthetic(folder, progress=progress, **synthetic_kwargs)
+    if name == "synthetic":
+        if archive is not None or md5 is not None: raise ValueError("synthetic: is generated, it has no archive (archive/md5 given)")
+        return _prepare_synthetic(folder, progress=progress, **synthetic_kwargs)
     if synthetic_kwargs: raise TypeError(f"{name}: unexpected arguments {sorted(synthetic_kwargs)} (they are for 'synthetic')")
-    if find_dataset(name, root) is not None: return folder
-    arc = archive_path(name, root)
+    if (archive is None) != (md5 is None):
+        raise ValueError(f"{name}: a declared archive needs both its file and its md5 (got archive={archive!r}, md5={md5!r}); "
+                         "the checksum is never skipped")
+    want = info.md5
+    if md5 is not None:
+        algo, want = parse_checksum(md5 if ":" in str(md5) else f"md5:{md5}")
+        if algo != "md5" or len(want) != 32: raise ValueError(f"{name}: md5 {md5!r}: expected 32 hexadecimal digits")
+    if find_dataset(name, root) is not None:
+        if md5 is not None: _check_source(name, folder, want)   # a declared archive: the folder must be its extraction
+        return folder
+    arc = Path(archive) if archive is not None else archive_path(name, root)
     if not arc.exists():
-        src = url or (info.url if download else None)
-        if src is None: raise FileNotFoundError(f"{name}: not found at {folder}. " + _placement_hint(name, root))
-        download_url(src, arc, "md5:" + info.md5, progress=progress, retries=2, timeout=30, hint=_placement_hint(name, root))
+        src = url or (info.url if download and archive is None else None)
+        if src is None:
+            if archive is not None: raise FileNotFoundError(f"{name}: the declared archive {arc} does not exist (md5 {want})")
+            raise FileNotFoundError(f"{name}: not found at {folder}. " + _placement_hint(name, root))
+        download_url(src, arc, "md5:" + want, progress=progress, retries=2, timeout=30, hint=_placement_hint(name, root))
     else:
-        download_url(str(arc), arc, "md5:" + info.md5)     # verify the copy in place (a bad one is set aside)
+        download_url(str(arc), arc, "md5:" + want)         # verify the copy in place (a bad one is set aside)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".extracting", dir=folder.parent))
     try:
         made = safe_extract(arc, staging, progress=progress)
         if not _has_layout(staging/info.folder):
             raise FileNotFoundError(f"{arc}: the archive holds {', '.join(p.name for p in made)}, not a folder {info.folder}/ "
                                     f"with bounding_box_train/, query/ and bounding_box_test/")
+        (staging/info.folder/SOURCE_FILE).write_text(json.dumps(dict(archive=arc.name, md5=want)) + "\n")
         os.replace(staging/info.folder, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -211,3 +240,50 @@ def load_dataset(name: str, root, url: str | None = None, download: bool = False
                  **synthetic_kwargs) -> ReIDData:
     "Dataset `name` (`market1501`, `dukemtmc`, `synthetic`) from data root (or dataset folder) `root`, prepared when needed."
     return read_dataset(name, prepare_dataset(name, root, url=url, download=download, progress=progress, **synthetic_kwargs))
+
+# %% ../nbs/10_data.ipynb #31adcf27
+ARCHIVE_NAMES = {    # how each release names a box: Market-1501 PPPP_cCsS_FFFFFF_BB.jpg, DukeMTMC-reID PPPP_cC_fFFFFFFF.jpg
+    "market1501": lambda pid, cam, frame, box: f"{'-1' if pid < 0 else f'{pid:04d}'}_c{cam}s{1 + frame % 6}_{frame:06d}_{box:02d}.jpg",
+    "dukemtmc": lambda pid, cam, frame, box: f"{pid:04d}_c{cam}_f{frame:07d}.jpg",
+}
+
+def make_archive(name: str, out_dir, seed: int = 0, num_train_ids: int = 8, num_test_ids: int = 8, train_images_per_id: int = 4,
+                 gallery_images_per_id: int = 4, progress: bool = False) -> tuple[Path, str]:
+    """Render synthetic identities into an archive in the format of the `name` release (`market1501`: `Market-1501-v15.09.15.zip`,
+    JPEG 64×128, junk `-1` and distractors `0000` in the gallery; `dukemtmc`: `DukeMTMC-reID.zip`, 8 cameras, JPEGs of varied
+    sizes), written to `out_dir/<archive name>`. Returns `(path, md5)`. Byte-for-byte deterministic for a given Pillow:
+    stored (uncompressed) members in sorted order with a fixed timestamp, so its MD5 can be declared in a params file."""
+    info = dataset_info(name)
+    if name not in ARCHIVE_NAMES: raise ValueError(f"make_archive: no release format for {name!r}; known: {', '.join(ARCHIVE_NAMES)}")
+    duke = name == "dukemtmc"
+    cfg = SyntheticConfig(seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids, num_cams=info.num_cams,
+                          train_images_per_id=train_images_per_id, gallery_images_per_id=gallery_images_per_id, queries_per_id=1,
+                          num_distractors=0 if duke else max(2, num_test_ids // 2), num_junk=0 if duke else max(1, num_test_ids // 4))
+    size = (128, 64)
+    cams = [make_camera(seed, c, size) for c in range(cfg.num_cams)]
+    plan, frame, files = synthetic_plan(cfg), [0] * cfg.num_cams, {}
+    test_pids = sorted({p for f, p, _, _ in plan if f == "query"})
+    for i, (split, pid, c, part) in enumerate(tqdm(plan, desc=f"{name} archive", disable=not progress)):
+        rng = np.random.default_rng([seed, 7, i])
+        person = (None if part == "none" else make_identity(seed, pid) if pid > 0 else
+                  make_identity(seed, 100_000 + i) if pid == 0 else make_identity(seed, int(rng.choice(test_pids))))
+        img = Image.fromarray(render(person, cams[c], rng, size, part="all" if part == "none" else part))
+        if duke:                                               # DukeMTMC-reID's boxes are cut at the detection's own size
+            h = int(rng.integers(96, 257)); img = img.resize((max(32, int(h * rng.uniform(.33, .5))), h), Image.Resampling.BILINEAR)
+        frame[c] += int(rng.integers(1, 50))
+        fname = ARCHIVE_NAMES[name](pid, c + 1, frame[c], 1 + int(rng.integers(3)))
+        buf = io.BytesIO(); img.save(buf, "JPEG", quality=90); files[f"{info.folder}/{split}/{fname}"] = buf.getvalue()
+    out = Path(out_dir)/info.archive
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            dirs = sorted({info.folder + "/"} | {f"{info.folder}/{s}/" for s in SPLITS.values()})
+            for n in dirs + sorted(files):
+                zi = zipfile.ZipInfo(n, date_time=(2015, 9, 15, 0, 0, 0))
+                zi.external_attr = (0o40755 << 16) | 0x10 if n.endswith("/") else 0o644 << 16
+                zf.writestr(zi, b"" if n.endswith("/") else files[n])
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return out, file_hash(out, "md5")

@@ -54,7 +54,7 @@ def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
 def _setting(r) -> str:
     "How a run was trained, e.g. '64×32, width 0.25, 32 epochs'."
     w = "" if r["width"] == 1 else f", width {r['width']:g}"
-    return f"{r['input_size']}{w}, {r['epochs']} epochs"
+    return f"{r['input_size']}{w}, {r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}"
 
 def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
     "The seed's Table 1 (published rows, with sources) and our measured rows for `ours`, each labelled with its dataset and profile."

@@ -1,5 +1,6 @@
 """Shared fixtures: one small synthetic dataset per test session, the CLI as a subprocess."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,21 @@ def data_root(tmp_path_factory):
 # A training configuration small enough for 2 CPU cores in seconds.
 TINY = ["--variant", "baseline", "--dataset", "synthetic", "--input-size", "64", "32", "--P", "4", "--K", "2",
         "--num-workers", "0", "--no-progress", "--warmup-epochs", "1"]
+
+
+def fresh_copy(dst: Path, drop=("reports", "metrics", "manifests")) -> Path:
+    """Copy the repository's files as a clone holds them (tracked and untracked-not-ignored) into `dst`, without the
+    committed results in `drop`, and commit them in a new git repository there (DVC experiments need a commit)."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for f in filter(None, files):
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    assert not (dst / "data").exists() and not (dst / "runs").exists()
+    for committed in drop: shutil.rmtree(dst / committed, ignore_errors=True)
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
+    subprocess.run(git + ["commit", "-qm", "fresh clone"], cwd=dst, check=True)
+    return dst
