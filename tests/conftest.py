@@ -47,6 +47,8 @@ def fresh_copy(dst: Path, drop=("reports", "metrics", "manifests")) -> Path:
     for committed in drop: shutil.rmtree(dst / committed, ignore_errors=True)
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    for k, v in (("user.name", "ci"), ("user.email", "ci@localhost")):   # an identity of the copy's own (DVC commits experiments)
+        subprocess.run(["git", "config", k, v], cwd=dst, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
     subprocess.run(git + ["commit", "-qm", "fresh clone"], cwd=dst, check=True)
     return dst
