@@ -126,12 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper profile's code path, not for results.")
     mr.add_argument("--params", default="params-rehearsal.yaml", help="the profile to make files for (default: params-rehearsal.yaml)")
     mr.add_argument("--seed", type=int, default=0)
+    mr.add_argument("--out-params", help="also write the profile with the MD5s of the archives made here to this file (for a machine "
+                    "whose Pillow encodes JPEG differently); without it a different MD5 is an error")
 
     pf = sub.add_parser("profile", help="run the pipeline with another profile as a DVC experiment",
                         description="Run 'dvc exp run' with every parameter of params-NAME.yaml set on params.yaml (-S for each "
                         "value that differs, ~ for each key the profile lacks): DVC records the run as a named experiment with "
-                        "its parameters, lock and results ('dvc exp show'); 'dvc exp branch' keeps it, 'git checkout params.yaml "
-                        "dvc.lock' (or 'dvc exp apply') returns to the default profile.")
+                        "its parameters, lock and results ('dvc exp show'); 'dvc exp branch' keeps it; 'git checkout params.yaml "
+                        "dvc.lock metrics reports manifests && dvc checkout' returns the workspace to the committed profile.")
     pf.add_argument("name", help="the profile: params-NAME.yaml (e.g. paper, rehearsal), or a path to a params file")
     pf.add_argument("--exp-name", help="the experiment's name (default: the profile's name)")
     pf.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
@@ -161,10 +163,12 @@ def _section(path, key: str) -> dict:
     if not isinstance(sec, dict): raise ValueError(f"{path}: '{key}' must be a mapping, got {type(sec).__name__}")
     return sec
 
-def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0) -> dict:
-    """Write the files a rehearsal profile names: each dataset's archive where `data.archives.<name>.file` says (checked against
-    the declared `md5`), and the stand-in weight files where `train.pretrained` (with `{backbone}`) points. Returns what it wrote."""
+def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0, out_params=None) -> dict:
+    """Write the files a rehearsal profile names: the stand-in weight files where `train.pretrained` (with `{backbone}`) points, and
+    each dataset's archive where `data.archives.<name>.file` says, checked against the declared `md5`. With `out_params`, a
+    different MD5 is not an error: the profile is written there with the MD5s measured here. Returns what it wrote."""
     from reid_nb.data import make_archive, dataset_info
+    from reid_nb.train import atomic_write
     from reid_nb.backbone import save_release_checkpoint, weights_source
     doc = yaml.safe_load(Path(params).read_text()) if Path(params).is_file() else None
     if not isinstance(doc, dict): raise FileNotFoundError(f"{params}: no such params file (or not a mapping)")
@@ -172,20 +176,26 @@ def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0) -> dict:
     if not archives or not pre or pre == "imagenet" or "://" in str(pre):
         raise ValueError(f"{params}: a rehearsal profile declares data.archives (file, md5) and a local train.pretrained path; "
                          f"this one has archives={sorted(archives)}, pretrained={pre!r}")
-    made = {}
+    made, measured = {}, {}
+    for backbone, ibn in (("resnet50_ibn_a", True), ("resnet50", False)):
+        f = save_release_checkpoint(weights_source(pre, backbone), ibn=ibn, seed=seed)
+        print(f"{backbone}: {f} (stand-in weights in the release's key layout, legacy pickle, no BatchNorm counters)"); made[backbone] = str(f)
     for name in doc.get("datasets") or []:
         if name not in archives: raise ValueError(f"{params}: dataset {name!r} has no entry under data.archives")
         want, info = archives[name], dataset_info(name)
         if Path(want["file"]).name != info.archive:
             raise ValueError(f"{params}: data.archives.{name}.file must be named {info.archive} (the release's name), got {want['file']}")
         path, md5 = make_archive(name, Path(want["file"]).parent, seed=seed, progress=True)
-        if md5 != str(want["md5"]).lower():
+        measured[name], made[name] = md5, str(path)
+        if md5 == str(want["md5"]).lower(): print(f"{name}: {path} (md5 {md5}, as declared)")
+        elif out_params: print(f"{name}: {path} (md5 {md5}; {params} declares {want['md5']}: this Pillow encodes JPEG differently)")
+        else:
             raise ValueError(f"{path}: the archive made here has md5 {md5}, {params} declares {want['md5']}; JPEG bytes depend on the "
-                             f"Pillow build: declare {md5} under data.archives.{name}.md5 to rehearse with this one")
-        print(f"{name}: {path} (md5 {md5}, as declared)"); made[name] = str(path)
-    for backbone, ibn in (("resnet50_ibn_a", True), ("resnet50", False)):
-        f = save_release_checkpoint(weights_source(pre, backbone), ibn=ibn, seed=seed)
-        print(f"{backbone}: {f} (stand-in weights in the release's key layout, legacy pickle, no BatchNorm counters)"); made[backbone] = str(f)
+                             f"Pillow build: declare {md5} under data.archives.{name}.md5 (or pass --out-params) to rehearse with this one")
+    if out_params:
+        for name, md5 in measured.items(): archives[name]["md5"] = md5
+        atomic_write(out_params, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
+        print(f"wrote {out_params}: {params} with the MD5s of the archives made here"); made["params"] = str(out_params)
     return made
 
 def _leaves(d: dict, pre: str = "") -> dict:
@@ -273,6 +283,9 @@ def _run(args):
             decl = (data.get("archives") or {}).get(args.dataset) or {}
             if not isinstance(decl, dict) or set(decl) - {"file", "md5"}:
                 raise ValueError(f"{args.params}: data.archives.{args.dataset} must be a mapping with keys file and md5, got {decl!r}")
+            if "md5" in decl and not isinstance(decl["md5"], str):
+                raise ValueError(f"{args.params}: data.archives.{args.dataset}.md5 must be a quoted string (YAML read {decl['md5']!r}, "
+                                 f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
             kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
         ds = load_dataset(args.dataset, root, **kw)
         ds.stats()
@@ -290,7 +303,7 @@ def _run(args):
     elif args.command == "bench":
         from reid_nb.bench import run as _bench_run
         _bench_run(args)
-    elif args.command == "make-rehearsal": make_rehearsal(args.params, seed=args.seed)
+    elif args.command == "make-rehearsal": make_rehearsal(args.params, seed=args.seed, out_params=args.out_params)
     elif args.command == "profile":
         cmd = profile_command(args.name, exp_name=args.exp_name)
         print(" ".join(shlex.quote(c) for c in cmd), flush=True)

@@ -70,6 +70,7 @@ class TrainConfig:
         self.input_size, self.milestones = tuple(self.input_size), tuple(self.milestones)
         for k in ("channels_last", "gpu_data"):     # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
             if isinstance(getattr(self, k), bool): setattr(self, k, "on" if getattr(self, k) else "off")
+        if self.amp is False: self.amp = "off"
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
         choices = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"),
                        channels_last=("auto", "on", "off"), gpu_data=("auto", "on", "off"))
@@ -84,6 +85,9 @@ class TrainConfig:
         if self.pad < -1: raise ValueError(f"pad={self.pad}: expected pixels (≥ 0) or -1 (scaled to the input size)")
         if not (isinstance(self.new_lr_mult, (int, float)) and not isinstance(self.new_lr_mult, bool) and self.new_lr_mult > 0):
             raise ValueError(f"new_lr_mult={self.new_lr_mult!r}: expected a positive number (1: the base rate)")
+        if self.new_lr_mult != 1 and self.pretrained is None:
+            raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but pretrained is None "
+                             "(from scratch every layer is new): set pretrained or leave new_lr_mult at 1")
         if self.K < 2: raise ValueError(f"K={self.K}: the triplet loss needs at least 2 images per identity")
 
     @classmethod
@@ -190,7 +194,14 @@ def restore_optimizer(optimizer, tensors: dict, meta: dict):
         if k.startswith("optim."):
             _, i, name = k.split(".", 2)
             state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
+    saved, now = meta["optim_param_groups"], optimizer.param_groups
+    if len(saved) != len(now) or any(len(a["params"]) != len(b["params"]) for a, b in zip(saved, now)):
+        raise ValueError(f"the checkpoint's optimiser has parameter groups of {[len(g['params']) for g in saved]} tensors, this run's "
+                         f"{[len(g['params']) for g in now]} (with pretrained weights the new layers have a group of their own): "
+                         "it was written by another setting or another version; start without --resume")
+    mults = [g.get("lr_mult", 1.0) for g in now]
+    optimizer.load_state_dict({"state": state, "param_groups": saved})
+    for g, m in zip(optimizer.param_groups, mults): g["lr_mult"] = m     # this run's multipliers, not the saved ones
 
 def model_state(tensors: dict) -> dict:
     "The model's state dict inside a checkpoint's tensors."

@@ -23,51 +23,71 @@ def batch(n_ids=8, k=4, size=(256, 128), seed=0):
     return torch.randn(n_ids * k, 3, *size, generator=g).to(DEV), torch.arange(n_ids).repeat_interleave(k).to(DEV)
 
 
-def loss_and_grads(model, crit, x, y, dtype=None):
+def forward_backward(model, crit, x, y, dtype=None):
+    "(loss, pooled features, classifier gradient) of one training step's forward and backward, under `dtype` autocast."
     model.zero_grad(set_to_none=True)
     with torch.autocast(DEV.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits, feat = model(x)
     loss, _ = crit(logits.float(), feat.float(), y)
     loss.backward()
-    return loss.detach(), torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+    return loss.detach(), feat.detach().float(), model.head.classifier.weight.grad.detach().flatten().float()
 
 
-@pytest.mark.parametrize("variant", ["full", "rga_sc"])
-def test_bf16_step_matches_fp32(variant):
-    "Tolerance: the loss within 2% and the gradient's direction within cosine 0.98 of fp32 (bf16 keeps 8 bits of mantissa)."
+def rel(a, b): return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture
+def fp32_exact():
+    "Plain fp32 matmuls and convolutions (no TF32) while a test compares two ways of computing the same thing."
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+# bf16 against fp32, per variant: (loss, features, classifier-gradient cosine). Measured with CPU bf16 autocast on this
+# batch: full 0.1% / 0.4% / 0.9994, rga_sc 0.6% / 12% / 0.984 (RGA's relation maps are products of features, which
+# compounds bf16's 8-bit mantissa). The bounds leave room for the GPU's different kernels.
+BF16_TOLERANCE = {"full": (0.02, 0.03, 0.99), "rga_sc": (0.02, 0.25, 0.95)}
+
+
+@pytest.mark.parametrize("variant", list(BF16_TOLERANCE))
+def test_bf16_step_matches_fp32(variant, fp32_exact):
     torch.manual_seed(0)
     model = build_model(variant, 8).to(DEV).train()
     crit = ReIDLoss(8).to(DEV)
     x, y = batch()
-    l32, g32 = loss_and_grads(model, crit, x, y)
-    l16, g16 = loss_and_grads(model, crit, x, y, torch.bfloat16)
-    assert torch.isfinite(l16) and abs(l16 - l32) / l32 < 0.02, (float(l16), float(l32))
-    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.98
+    l32, f32, g32 = forward_backward(model, crit, x, y)
+    l16, f16, g16 = forward_backward(model, crit, x, y, torch.bfloat16)
+    tol_loss, tol_feat, tol_cos = BF16_TOLERANCE[variant]
+    assert torch.isfinite(l16) and abs(float(l16 - l32)) / float(l32) < tol_loss, (float(l16), float(l32))
+    assert rel(f16, f32) < tol_feat, rel(f16, f32)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > tol_cos
 
 
 @pytest.mark.parametrize("variant", ["full", "rga_sc"])
-def test_channels_last_matches_contiguous(variant):
+def test_channels_last_matches_contiguous(variant, fp32_exact):
     torch.manual_seed(0)
-    model = build_model(variant, 8).to(DEV).eval()
-    x, _ = batch(2, 2)
-    with torch.no_grad():
-        ref = model(x)
-        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-    assert torch.allclose(out, ref, rtol=1e-3, atol=1e-3), float((out - ref).abs().max())
+    model = build_model(variant, 8).to(DEV).train()
+    crit = ReIDLoss(8).to(DEV)
+    x, y = batch(4, 2)
+    l1, f1, g1 = forward_backward(model, crit, x, y)
+    model = model.to(memory_format=torch.channels_last)
+    l2, f2, g2 = forward_backward(model, crit, x.contiguous(memory_format=torch.channels_last), y)
+    assert abs(float(l1 - l2)) / float(l1) < 1e-4 and rel(f2, f1) < 1e-4 and rel(g2, g1) < 1e-3, (float(l1), float(l2), rel(f2, f1), rel(g2, g1))
 
 
-def test_compiled_step_matches_eager():
+def test_compiled_step_matches_eager(fp32_exact):
     torch.manual_seed(0)
     model = build_model("full", 8).to(DEV).train()
     crit = ReIDLoss(8).to(DEV)
     x, y = batch()
-    eager, _ = loss_and_grads(model, crit, x, y)
+    l1, f1, g1 = forward_backward(model, crit, x, y)
     try:
-        compiled = torch.compile(model)
-        got, _ = loss_and_grads(compiled, crit, x, y)
+        l2, f2, g2 = forward_backward(torch.compile(model), crit, x, y)
     except Exception as e:                        # e.g. no Triton / compiler in the image: say so, do not fail the GPU check
         pytest.skip(f"torch.compile does not work here: {type(e).__name__}: {str(e)[:200]}")
-    assert abs(float(got) - float(eager)) / float(eager) < 1e-3
+    assert abs(float(l1 - l2)) / float(l1) < 1e-4 and rel(f2, f1) < 1e-3 and rel(g2, g1) < 1e-2, (float(l1), float(l2), rel(f2, f1), rel(g2, g1))
 
 
 def test_resident_and_classic_data_paths_agree(tmp_path):
