@@ -261,7 +261,8 @@ class TrainBatches:
         if gpu:
             # one common size (Market-1501's 128×64): keep it, BatchAugment resizes on the device; mixed sizes (DukeMTMC-reID):
             # every image decoded to the input size. Never the first image's size for all.
-            size = None if len(set(image_sizes(records))) == 1 else cfg.input_size
+            sizes = set(image_sizes(records))                                   # read once, from the file headers
+            size = sizes.pop() if len(sizes) == 1 else cfg.input_size
             self.cache = decode_split(records, size=size).to(device)
             self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
             self.pids = self.pids.to(device)
@@ -415,8 +416,9 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
     model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device)
 
-    if rank == 0 and model.pretrained_from:
-        src, new = model.pretrained_from, model.describe_new()
+    new = model.describe_new()                                              # None when trained from scratch
+    if rank == 0 and new is not None:
+        src = model.pretrained_from
         kinds = collections.Counter(new["modules"].values())
         print(f"pretrained: {src['tensors']} tensors from {src['file']} (sha256 {src['sha256'][:12]}…"
               f"{', %d BatchNorm counters filled' % src['filled_counters'] if src['filled_counters'] else ''}); "
@@ -497,7 +499,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     summary = dict(variant=cfg.variant, dataset=cfg.dataset, epochs=cfg.epochs, world_size=world, device=str(device),
                    amp=str(dtype).replace("torch.", "") if dtype else "off", gpu_data=gpu_data, num_classes=ds.num_train_pids,
                    seconds=time.time() - t_start, final=rows[-1] if rows else None, pretrained=model.pretrained_from,
-                   new_parameters=None if model.new_parameters is None else dict(model.describe_new(), lr_mult=cfg.new_lr_mult))
+                   new_parameters=None if new is None else dict(new, lr_mult=cfg.new_lr_mult))
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(dict(
         rank=rank, world_size=world, params_sha256=_params_digest(model),
