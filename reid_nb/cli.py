@@ -49,7 +49,8 @@ def train_config_from_args(args) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 # %% ../nbs/32_cli.ipynb #6aab787d
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    "The `reid-nb` parser; given the `command` being run, the benchmark's options (and its imports) are built only for `bench`."
     p = argparse.ArgumentParser(prog="reid-nb", description="Attention-based person re-identification: train, evaluate, data.",
                                 epilog="Run 'reid-nb COMMAND --help' for the options of a command.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -115,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure training/evaluation throughput", description="Training throughput of the "
                        "GPU-resident data path against the classic DataLoader path (same run), evaluation and re-ranking "
                        "timings; '--preset gpu' is the H200 configuration, '--preset cpu-tiny' runs anywhere in seconds.")
-    from reid_nb.bench import add_arguments as _bench_arguments
-    _bench_arguments(b)
+    if command in (None, "bench"):       # reid_nb.bench imports the whole training stack: only when it is the command
+        from reid_nb.bench import add_arguments as _bench_arguments
+        _bench_arguments(b)
 
     mr = sub.add_parser("make-rehearsal", help="write the rehearsal profile's archives and weight files",
                         description="Render the synthetic identities into Market-1501-v15.09.15.zip and DukeMTMC-reID.zip (the "
@@ -318,7 +320,9 @@ def _run(args):
 
 def main(argv=None) -> int:
     "Entry point of the `reid-nb` console script."
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try: _run(args)
     except (ValueError, FileNotFoundError, DownloadError, ChecksumError, KeyError) as e:
         if args.debug: raise

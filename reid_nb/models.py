@@ -4,25 +4,31 @@
 
 # %% ../nbs/07_models.ipynb #04d5b8c2
 from __future__ import annotations
-import dataclasses, json
+import dataclasses, importlib, json
 from dataclasses import dataclass, field
 from functools import partial
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from .backbone import STAGES, check_width, resnet50_ibn_a, resnet50
-from .mhsa import MHSA, MHSA_STAGES, add_mhsa
-from .eca import ECA_PLACEMENTS, add_eca
-from .rga import RGA_MODES, rga_after_stages
-from .fusion import FUSIONS, FUSED_STAGES, FeatureFusion
 from .head import POOLINGS, NECKS, ReIDHead
 
 # %% auto #0
-__all__ = ['BACKBONES', 'MODEL_OPTIONS', 'VARIANTS', 'DESCRIPTIONS', 'ModelConfig', 'ReIDModel', 'build_model',
-           'model_from_config', 'count_params', 'count_flops', 'variant_table', 'markdown_table']
+__all__ = ['COMPONENTS', 'BACKBONES', 'MODEL_OPTIONS', 'VARIANTS', 'DESCRIPTIONS', 'component', 'ModelConfig', 'ReIDModel',
+           'build_model', 'model_from_config', 'count_params', 'count_flops', 'variant_table', 'markdown_table']
+
+# %% ../nbs/07_models.ipynb #b5593f2a
+COMPONENTS = {"mhsa": "reid_nb.mhsa", "eca": "reid_nb.eca", "rga": "reid_nb.rga", "fusion": "reid_nb.fusion"}
+
+def component(name: str):
+    "The module of an attention component (`mhsa`, `eca`, `rga`, `fusion`), imported on first use."
+    if name not in COMPONENTS: raise ValueError(f"unknown component {name!r}; known: {list(COMPONENTS)}")
+    return importlib.import_module(COMPONENTS[name])
 
 # %% ../nbs/07_models.ipynb #ec3b86b5
 BACKBONES = {"resnet50_ibn_a": resnet50_ibn_a, "resnet50": resnet50}
+
+_CHOICES = {"eca": "ECA_PLACEMENTS", "rga": "RGA_MODES", "fusion": "FUSIONS"}   # each component's list of values
 
 def _check_choice(name, value, allowed):
     if value not in allowed: raise ValueError(f"ModelConfig.{name}: unknown value {value!r}; known: {list(allowed)}")
@@ -48,12 +54,11 @@ class ModelConfig:
         _check_choice("last_stride", self.last_stride, (1, 2))
         if isinstance(self.mhsa, str): self.mhsa = () if self.mhsa in ("", "none") else (self.mhsa,)
         self.mhsa = tuple(self.mhsa)
-        for s in self.mhsa: _check_choice("mhsa", s, MHSA_STAGES)
+        for s in self.mhsa: _check_choice("mhsa", s, component("mhsa").MHSA_STAGES)
         if not isinstance(self.mhsa_heads, int) or self.mhsa_heads < 1:
             raise ValueError(f"ModelConfig.mhsa_heads: expected a positive integer, got {self.mhsa_heads!r}")
-        _check_choice("eca", self.eca, ECA_PLACEMENTS)
-        _check_choice("rga", self.rga, RGA_MODES)
-        _check_choice("fusion", self.fusion, FUSIONS)
+        for name in ("eca", "rga", "fusion"):     # 'none' needs no module; other values are checked against the component's list
+            if getattr(self, name) != "none": _check_choice(name, getattr(self, name), getattr(component(name), _CHOICES[name]))
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("neck", self.neck, NECKS)
         try: h, w = (int(v) for v in self.input_size)
@@ -68,6 +73,11 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig: pretrained weights ({self.pretrained!r}) fit a width-1 trunk, but width={self.width}; "
                                  "train a slim trunk from scratch (pretrained=None) or use width=1")
 
+    def components(self) -> list[str]:
+        "The attention components this architecture uses (keys of `COMPONENTS`), in build order."
+        used = dict(mhsa=bool(self.mhsa), eca=self.eca != "none", rga=self.rga != "none", fusion=self.fusion != "none")
+        return [c for c in COMPONENTS if used[c]]
+
     def to_dict(self) -> dict:
         "A plain JSON-serialisable dict (tuples as lists)."
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -76,7 +86,12 @@ MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 # %% ../nbs/07_models.ipynb #ea325d10
 _SAM = ("conv4", "conv5")
-VARIANTS: dict[str, dict] = {name: ModelConfig(**spec).to_dict() for name, spec in {
+def _spec(**changes) -> dict:
+    "A variant's full config dict: the `ModelConfig` defaults with `changes` (as `to_dict` writes it, validated at build time)."
+    d = {f.name: f.default for f in dataclasses.fields(ModelConfig)} | changes
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+VARIANTS: dict[str, dict] = {name: _spec(**spec) for name, spec in {
     "baseline": dict(),
     "sam": dict(mhsa=_SAM),
     "sam_ff": dict(mhsa=_SAM, fusion="concat"),
@@ -106,10 +121,14 @@ class ReIDModel(nn.Module):
         self.backbone = BACKBONES[cfg.backbone](last_stride=cfg.last_stride, pretrained=cfg.pretrained, width=cfg.width)
         # the parameters that received checkpoint values, held until the end of __init__ (so their ids stay unique)
         loaded = {id(p): p for n, p in self.backbone.named_parameters() if n in getattr(self.backbone, "pretrained_keys", ())}
-        if cfg.mhsa: add_mhsa(self.backbone, cfg.input_size, cfg.mhsa, cfg.mhsa_heads)
-        self.eca = add_eca(self.backbone, cfg.eca)                          # empty unless placement 'stage'
-        self.rga = rga_after_stages(self.backbone, cfg.input_size, cfg.rga)  # empty unless rga != 'none'
-        self.fusion = None if cfg.fusion == "none" else FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in FUSED_STAGES])
+        use = cfg.components()                                               # each component's module is imported only if used
+        if "mhsa" in use: component("mhsa").add_mhsa(self.backbone, cfg.input_size, cfg.mhsa, cfg.mhsa_heads)
+        self.eca = component("eca").add_eca(self.backbone, cfg.eca) if "eca" in use else nn.ModuleDict()   # empty unless 'stage'
+        self.rga = component("rga").rga_after_stages(self.backbone, cfg.input_size, cfg.rga) if "rga" in use else nn.ModuleDict()
+        self.fusion = None
+        if "fusion" in use:
+            fu = component("fusion")
+            self.fusion = fu.FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in fu.FUSED_STAGES])
         dim = self.fusion.out_channels if self.fusion is not None else self.backbone.channels["conv5"]
         self.head = ReIDHead(dim, num_classes, cfg.pooling, cfg.neck)
         # names of the parameters that did not come from the checkpoint (None: nothing was loaded, every parameter is new)

@@ -42,7 +42,7 @@ def fresh_copy(dst: Path, drop=("reports", "metrics", "manifests")) -> Path:
     for f in filter(None, files):
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
+            shutil.copy2(ROOT / f, dst / f, follow_symlinks=False)   # deps/variants/* stay links
     assert not (dst / "data").exists() and not (dst / "runs").exists()
     for committed in drop: shutil.rmtree(dst / committed, ignore_errors=True)
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]

@@ -1,6 +1,7 @@
 """The DVC pipeline end to end on the embedded synthetic dataset, from a fresh copy of the repository:
-`dvc repro` produces the reports, a second `dvc repro` does nothing, and changing one variant's parameter
-reruns only that variant's stages and the report."""
+`dvc repro` produces the reports, every stage's declared code dependencies are exactly the `reid_nb` modules its
+command loads, editing one component's module makes exactly the stages that use it stale, a second `dvc repro` does
+nothing, and changing one variant's parameter reruns only that variant's stages and the report."""
 import json
 import os
 import re
@@ -14,12 +15,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["baseline", "full", "rga_s"]   # the seed's baseline and method, and RGA: every module the report draws
+VARIANTS = ["baseline", "sam", "sam_ff", "full", "rga_s", "rga_c", "rga_sc"]   # all: each has its own code dependencies
+AUDIT = ROOT / "tests" / "import_audit"
 
 
-def sh(*cmd, cwd, check=True, timeout=1800):
+def sh(*cmd, cwd, check=True, timeout=1800, env=None):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **(env or {}))
     p = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {p.returncode}\n{p.stdout[-6000:]}\n{p.stderr[-6000:]}")
@@ -41,7 +43,7 @@ def repo(tmp_path_factory):
     for f in filter(None, files):
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
+            shutil.copy2(ROOT / f, dst / f, follow_symlinks=False)   # deps/variants/* stay links
     assert not (dst / "data").exists() and not (dst / "runs").exists()
     for committed in ("reports", "metrics", "manifests"):   # the committed results: the run below must regenerate them
         shutil.rmtree(dst / committed, ignore_errors=True)
@@ -57,8 +59,38 @@ def repo(tmp_path_factory):
     return dst
 
 
-def test_repro_end_to_end(repo):
-    p = dvc("repro", cwd=repo)
+def module_of(path: str) -> str:
+    "reid_nb/x.py -> reid_nb.x (reid_nb/__init__.py -> reid_nb)"
+    mod = path[:-3].replace("/", ".")
+    return mod[:-len(".__init__")] if mod.endswith(".__init__") else mod
+
+
+def declared_modules(repo: Path, deps: list[str]) -> set:
+    "The reid_nb modules a stage's dependency list names: reid_nb/*.py files, and the links in deps/ folders."
+    out = set()
+    for d in deps:
+        p = repo / d
+        if d.startswith("reid_nb/") and d.endswith(".py"): out.add(module_of(d))
+        elif d.startswith("deps/") and p.is_dir():
+            for link in p.rglob("*.py"):
+                assert link.is_symlink(), f"{link.relative_to(repo)} should be a link into reid_nb/"
+                out.add(module_of(str(link.resolve().relative_to(repo.resolve()))))
+    return out
+
+
+def loaded_modules(log_dir: Path) -> dict:
+    "stage -> the reid_nb modules its processes loaded (from tests/import_audit's logs)."
+    out = {}
+    for f in log_dir.glob("*.txt"):
+        for line in f.read_text().splitlines():
+            stage, mod = line.split("\t")
+            out.setdefault(stage, set()).add(mod)
+    return out
+
+
+def test_repro_end_to_end(repo, tmp_path_factory):
+    log = tmp_path_factory.mktemp("imports")
+    p = dvc("repro", cwd=repo, env=dict(PYTHONPATH=str(AUDIT), REID_NB_IMPORT_LOG=str(log)))
     stages = ran_stages(p.stdout)
     expected = {"data@synthetic", "report"} | {f"{s}@{v}-synthetic" for s in ("train", "evaluate") for v in VARIANTS}
     assert expected <= stages, (stages, p.stdout[-3000:])
@@ -75,12 +107,44 @@ def test_repro_end_to_end(repo):
         assert abs(row["rr_mAP"] - 100 * m["rerank"]["mAP"]) < 1e-9
     t1 = pd.read_csv(rep / "table1.csv")
     ours = t1[t1.method.str.startswith("ours")]
-    assert len(ours) == 2 and ours.measured_on.str.contains("synthetic").all()   # full and rga_s
+    assert len(ours) == 3 and ours.measured_on.str.contains("synthetic").all()   # full, rga_sc and rga_s
+    # every stage declares exactly the reid_nb modules its command loaded (a missing one would hide a code change from
+    # dvc; an extra one would rerun a stage for code it does not use)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    loaded = loaded_modules(log)
+    assert set(loaded) >= stages - {"-"}, (sorted(loaded), sorted(stages))
+    problems = []
+    for stage in sorted(stages):
+        declared = declared_modules(repo, [d["path"] for d in lock[stage]["deps"]])
+        for m in sorted(loaded[stage] - declared): problems.append(f"{stage}: loads {m} but dvc.yaml does not list it")
+        for m in sorted(declared - loaded[stage]): problems.append(f"{stage}: lists {m} but does not load it")
+    assert not problems, "\n".join(problems)
     # dvc's own views of the results work
     shown = dvc("metrics", "show", cwd=repo).stdout
     assert "metrics/full-synthetic.json" in shown and "mAP" in shown
     dvc("plots", "show", "-o", str(repo / "plots_html"), cwd=repo)
     assert any((repo / "plots_html").iterdir())
+
+
+def stale_stages(repo) -> set:
+    "The pipeline's stages that `dvc status` reports as changed (data.dvc, the paper archives' pin, is not a stage of the CPU profile)."
+    return {k for k in json.loads(dvc("status", "--json", cwd=repo).stdout or "{}") if not k.endswith(".dvc")}
+
+
+def test_editing_a_component_stales_exactly_its_users(repo):
+    "What nbdev_export does after an edit of nbs/04_rga.ipynb: rga.py changes; only the RGA runs and the report go stale."
+    rga = repo / "reid_nb" / "rga.py"
+    before = rga.read_text()
+    try:
+        rga.write_text(before + "\n# an edit\n")
+        assert stale_stages(repo) == {f"{s}@{v}-synthetic" for s in ("train", "evaluate") for v in ("rga_s", "rga_c", "rga_sc")} | {"report"}
+        rga.write_text(before)
+        (repo / "reid_nb" / "eca.py").write_text((repo / "reid_nb" / "eca.py").read_text() + "\n# an edit\n")
+        assert stale_stages(repo) == {"train@full-synthetic", "evaluate@full-synthetic", "report"}
+    finally:
+        rga.write_text(before)
+        sh("git", "checkout", "--", "reid_nb/eca.py", cwd=repo)
+    assert stale_stages(repo) == set()
 
 
 def test_second_repro_does_nothing(repo):

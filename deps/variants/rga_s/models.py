@@ -1,0 +1,1 @@
+../../../reid_nb/models.py
