@@ -30,6 +30,10 @@ BACKBONES = {"resnet50_ibn_a": resnet50_ibn_a, "resnet50": resnet50}
 
 _CHOICES = {"eca": "ECA_PLACEMENTS", "rga": "RGA_MODES", "fusion": "FUSIONS"}   # each component's list of values
 
+def _plain(d: dict) -> dict:
+    "A config dict as JSON holds it: tuples as lists."
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
 def _check_choice(name, value, allowed):
     if value not in allowed: raise ValueError(f"ModelConfig.{name}: unknown value {value!r}; known: {list(allowed)}")
 
@@ -80,7 +84,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         "A plain JSON-serialisable dict (tuples as lists)."
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return _plain(dataclasses.asdict(self))
 
 MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
@@ -88,8 +92,7 @@ MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 _SAM = ("conv4", "conv5")
 def _spec(**changes) -> dict:
     "A variant's full config dict: the `ModelConfig` defaults with `changes` (as `to_dict` writes it, validated at build time)."
-    d = {f.name: f.default for f in dataclasses.fields(ModelConfig)} | changes
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    return _plain({f.name: f.default for f in dataclasses.fields(ModelConfig)} | changes)
 
 VARIANTS: dict[str, dict] = {name: _spec(**spec) for name, spec in {
     "baseline": dict(),
