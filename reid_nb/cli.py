@@ -107,7 +107,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="regenerate the tables and figures", description="Execute the papermill report "
                         "template with the pipeline's parameters: Table 1, Table 2, figures, the executed notebook and its HTML.")
-    rp.add_argument("--params", default="params.yaml", help="params.yaml (profile, variants, datasets, data.root)")
+    rp.add_argument("--params", default="params.yaml", help="params.yaml (profile, variants, datasets, seeds, data.root)")
     rp.add_argument("--template", default="nbs/reports/report.ipynb")
     rp.add_argument("--out", default="reports")
     rp.add_argument("--metrics-dir", default="metrics")
@@ -146,13 +146,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 # %% ../nbs/32_cli.ipynb #ecf48869
 def dataset_manifest(ds) -> dict:
     "Split sizes and a SHA-256 fingerprint over every image's relative path and bytes: what the pipeline's later stages depend on."
-    import hashlib
-    h = hashlib.sha256()
-    for split in ("train", "query", "gallery"):
-        for r in getattr(ds, split):
-            p = Path(r.path)
-            h.update(f"{split}/{p.relative_to(ds.root)}".encode()); h.update(hashlib.sha256(p.read_bytes()).digest())
-    return dict(dataset=ds.name, folder=str(ds.root), fingerprint=h.hexdigest(), num_train_pids=ds.num_train_pids,
+    from reid_nb.data import dataset_fingerprint
+    return dict(dataset=ds.name, folder=str(ds.root), fingerprint=dataset_fingerprint(ds), num_train_pids=ds.num_train_pids,
                 num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)))
 
 def _section(path, key: str) -> dict:
@@ -299,7 +294,8 @@ def _run(args):
         from reid_nb.report import run_report
         doc = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
         params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
-                      profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [])
+                      profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [],
+                      seeds=doc.get("seeds") or [0])
         nb, html = run_report(args.template, args.out, params)
         print(f"wrote {nb} and {html}")
     elif args.command == "bench":

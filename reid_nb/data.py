@@ -19,7 +19,8 @@ _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.d
 # %% auto #0
 __all__ = ['NAME_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'SPLITS', 'SOURCE_FILE', 'ARCHIVE_NAMES', 'Record', 'parse_name',
            'DatasetInfo', 'dataset_info', 'read_split', 'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset',
-           'archive_path', 'prepare_dataset', 'load_dataset', 'make_archive', 'make_synthetic', 'SyntheticConfig']
+           'archive_path', 'prepare_dataset', 'load_dataset', 'dataset_fingerprint', 'make_archive', 'make_synthetic',
+           'SyntheticConfig']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
 class Record(NamedTuple):
@@ -240,6 +241,16 @@ def load_dataset(name: str, root, url: str | None = None, download: bool = False
                  **synthetic_kwargs) -> ReIDData:
     "Dataset `name` (`market1501`, `dukemtmc`, `synthetic`) from data root (or dataset folder) `root`, prepared when needed."
     return read_dataset(name, prepare_dataset(name, root, url=url, download=download, progress=progress, **synthetic_kwargs))
+
+# %% ../nbs/10_data.ipynb #69016f42
+def dataset_fingerprint(ds: ReIDData) -> str:
+    "SHA-256 over every image's split, relative path and content hash: one string naming exactly the images `ds` holds."
+    h = hashlib.sha256()
+    for split in ("train", "query", "gallery"):
+        for r in getattr(ds, split):
+            p = Path(r.path)
+            h.update(f"{split}/{p.relative_to(ds.root).as_posix()}".encode()); h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 # %% ../nbs/10_data.ipynb #31adcf27
 ARCHIVE_NAMES = {    # how each release names a box: Market-1501 PPPP_cCsS_FFFFFF_BB.jpg, DukeMTMC-reID PPPP_cC_fFFFFFFF.jpg

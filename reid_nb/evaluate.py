@@ -12,7 +12,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from .models import model_from_config, count_flops, count_params
 from .backbone import check_fits
-from .data import load_dataset
+from .data import load_dataset, dataset_fingerprint
+from .provenance import environment
 from .transforms import build_transforms, ImageDataset, decode_split, host_to_device, BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
@@ -92,6 +93,12 @@ def _summary(r: dict) -> dict:
     return dict(mAP=float(r["mAP"]), mINP=float(r["mINP"]), rank1=float(cmc[0]), rank5=float(cmc[4]), rank10=float(cmc[9]),
                 rank20=float(cmc[19]), num_valid=int(r["num_valid"]), cmc=[float(c) for c in cmc])
 
+def _per_query(r: dict, num_query: int) -> list:
+    "Average precision of every query (None for a query without a correct match): what a paired bootstrap over queries resamples."
+    ap = [None] * num_query
+    for i, a in zip(r["valid"].tolist(), r["AP"].tolist()): ap[i] = a
+    return ap
+
 def topk_ranking(distmat: torch.Tensor, q_pids, g_pids, q_camids, g_camids, k: int = 10):
     "Top-`k` gallery indices per query after removing same-pid-same-camera items (the protocol's junk), with distances."
     d = torch.as_tensor(distmat).clone().float()
@@ -122,23 +129,31 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     q_pids, g_pids = np.array([r.pid for r in ds.query]), np.array([r.pid for r in ds.gallery])
     q_cams, g_cams = np.array([r.camid for r in ds.query]), np.array([r.camid for r in ds.gallery])
     qg = compute_distance(qf, gf, metric=metric)           # the features are on `dev` already
-    res = dict(variant=meta["variant"], dataset=dataset, run=str(run_dir), metric=metric, flip=flip,
+    plain = evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+    res = dict(variant=meta["variant"], dataset=dataset, seed=meta.get("train_config", {}).get("seed"), run=str(run_dir),
+               metric=metric, flip=flip,
                num_query=len(ds.query), num_gallery=len(ds.gallery),
                params_M=count_params(model) / 1e6,
                gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size),
                width=meta["model_config"].get("width", 1.0),
                train_epochs=meta.get("train_config", {}).get("epochs"),
-               **_summary(evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=50)))
+               **_summary(plain))
     t1 = time.time()
+    reranked = None
     if rerank:
         qq = compute_distance(qf, qf, metric=metric)
         gg = compute_distance(gf, gf, metric=metric)
         rr = torch.as_tensor(re_ranking(qg, qq, gg))
-        res["rerank"] = _summary(evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50))
-    res["seconds"] = dict(features=t_feat, rerank=time.time() - t1)
+        reranked = evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+        res["rerank"] = _summary(reranked)
+    res["environment"] = environment(dev, dataset, dataset_fingerprint(ds))                 # what computed these numbers
+    res["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
+    seconds = dict(features=t_feat, rerank=time.time() - t1)
     rank, _, _ = dist_info()
-    if rank == 0 and metrics_out:
+    if rank == 0 and metrics_out:               # no wall times in the metrics: two runs of one commit write the same bytes
         atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=2)))
+        atomic_write(Path(run_dir) / "eval_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(
+            metrics=str(metrics_out), seconds=seconds), indent=2)))
     if rank == 0 and ranking_out:
         idx, vals = topk_ranking(torch.as_tensor(qg).cpu(), q_pids, g_pids, q_cams, g_cams, topk)
         root = Path(data_root)
@@ -148,6 +163,7 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
         ranking = dict(variant=meta["variant"], dataset=dataset, data_root=str(root), metric=metric,
                        query=[dict(path=rel(r.path), pid=int(r.pid), camid=int(r.camid)) for r in ds.query],
                        gallery=[dict(path=rel(r.path), pid=int(r.pid), camid=int(r.camid)) for r in ds.gallery],
-                       topk=idx.tolist(), topk_dist=[[round(float(v), 5) for v in row] for row in vals])
+                       topk=idx.tolist(), topk_dist=[[round(float(v), 5) for v in row] for row in vals],
+                       ap=_per_query(plain, len(ds.query)), ap_rerank=None if reranked is None else _per_query(reranked, len(ds.query)))
         atomic_write(ranking_out, lambda tmp: Path(tmp).write_text(json.dumps(ranking)))
-    return res
+    return dict(res, seconds=seconds)

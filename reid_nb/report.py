@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'load_metrics', 'table1', 'table2',
-           'to_markdown', 'save_table', 'plot_cmc', 'load_logs', 'plot_training', 'pick_queries', 'plot_retrieval',
-           'plot_attention', 'run_report']
+__all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'load_metrics',
+           'load_query_ap', 'table1', 'to_markdown', 'save_table', 'welch_interval', 'paired_bootstrap', 'difference',
+           'table2', 'ablation_steps', 'ablation_statement', 'environments', 'plot_cmc', 'load_logs', 'plot_training',
+           'pick_queries', 'plot_retrieval', 'plot_attention', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -35,20 +36,31 @@ DATASET_LABELS = {"market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID", "syn
 
 # %% ../nbs/33_report.ipynb #801e8a7d
 def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
-    "One row per metrics JSON in `metrics_dir` (variant, dataset, profile, mAP/R1/R5/R10/mINP in %, re-ranked mAP/R1, params, GFLOPs)."
+    """One row per metrics JSON in `metrics_dir`: variant, dataset, seed, profile, mAP/R1/R5/R10/mINP in %, re-ranked mAP/R1, params,
+    GFLOPs, the run folder's name (`run`) and the provenance blocks (`environment`, `train_environment`)."""
     rows = []
     for f in sorted(Path(metrics_dir).glob("*.json")):
         m = json.loads(f.read_text())
         if "mAP" not in m or "variant" not in m: continue
         rr = m.get("rerank") or {}
-        rows.append(dict(variant=m["variant"], dataset=m["dataset"], profile=m.get("profile", profile),
+        rows.append(dict(variant=m["variant"], dataset=m["dataset"], seed=m.get("seed"), profile=m.get("profile", profile),
                          mAP=100 * m["mAP"], R1=100 * m["rank1"], R5=100 * m["rank5"], R10=100 * m["rank10"], mINP=100 * m["mINP"],
                          rr_mAP=100 * rr["mAP"] if rr else np.nan, rr_R1=100 * rr["rank1"] if rr else np.nan,
                          params_M=m.get("params_M", np.nan), gflops=m.get("gflops", np.nan),
                          input_size="×".join(map(str, m.get("input_size", []))), width=m.get("width", 1.0), epochs=m.get("train_epochs"),
-                         cmc=m.get("cmc"), file=f.name))
+                         cmc=m.get("cmc"), file=f.name, run=Path(m["run"]).name if m.get("run") else f.stem,
+                         environment=m.get("environment"), train_environment=m.get("train_environment")))
     if not rows: raise FileNotFoundError(f"{metrics_dir}: no metrics JSON files (run the evaluate stage first)")
     return pd.DataFrame(rows)
+
+def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
+    "`df` with a column `ap`: each run's per-query average precision in % (NaN for a query without a match) from `RUNS/<run>/ranking.json`."
+    def read(run):
+        f = Path(runs_dir) / run / "ranking.json"
+        if not f.is_file(): return None
+        ap = json.loads(f.read_text()).get("ap")
+        return None if ap is None else 100 * np.array([np.nan if a is None else a for a in ap], dtype=float)
+    return df.assign(ap=[read(r) for r in df.run])
 
 # %% ../nbs/33_report.ipynb #b08be095
 def _setting(r) -> str:
@@ -56,33 +68,25 @@ def _setting(r) -> str:
     w = "" if r["width"] == 1 else f", width {r['width']:g}"
     return f"{r['input_size']}{w}, {r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}"
 
+def _source(g: pd.DataFrame) -> str:
+    files = ", ".join(g.file)
+    return f"this repository, mean of {len(g)} seeds: {files}" if len(g) > 1 else f"this repository, {files}"
+
 def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
-    "The seed's Table 1 (published rows, with sources) and our measured rows for `ours`, each labelled with its dataset and profile."
+    """The seed's Table 1 (published rows, with sources) and our measured rows for `ours` (the mean over seeds), each labelled with
+    its dataset and profile."""
     rows = [dict(method=p["method"], source=p["source"], measured_on="published (Market-1501 / DukeMTMC-reID)",
                  **{k: p[k] for k in ("market_mAP", "market_R1", "duke_mAP", "duke_R1")}) for p in PUBLISHED]
     for v in ours:
         for ds, g in df[df.variant == v].groupby("dataset", sort=False):
             r = g.iloc[0]
             col = "duke" if ds == "dukemtmc" else "market"
-            row = dict(method=f"ours: {VARIANT_LABELS.get(v, v)}", source=f"this repository, {r['file']}",
+            row = dict(method=f"ours: {VARIANT_LABELS.get(v, v)}", source=_source(g),
                        measured_on=f"{DATASET_LABELS.get(ds, ds)}, profile {r['profile']}, {_setting(r)}",
                        market_mAP=None, market_R1=None, duke_mAP=None, duke_R1=None)
-            row[f"{col}_mAP"], row[f"{col}_R1"] = round(r["mAP"], 1), round(r["R1"], 1)
+            row[f"{col}_mAP"], row[f"{col}_R1"] = round(g.mAP.mean(), 1), round(g.R1.mean(), 1)
             rows.append(row)
     return pd.DataFrame(rows)
-
-def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS)) -> pd.DataFrame:
-    "The ablation: every variant's measured metrics (with and without re-ranking, params, GFLOPs) beside the published number."
-    out = []
-    for _, r in df.iterrows():
-        pub = SEED_ABLATION.get(r.variant)
-        out.append(dict(variant=r.variant, model=VARIANT_LABELS.get(r.variant, r.variant), dataset=DATASET_LABELS.get(r.dataset, r.dataset),
-                        profile=r.profile, mAP=r.mAP, R1=r.R1, R5=r.R5, mINP=r.mINP, rr_mAP=r.rr_mAP, rr_R1=r.rr_R1,
-                        trained=_setting(r), params_M=r.params_M, GFLOPs=r.gflops,
-                        published_mAP=pub[0] if pub else None, published_R1=pub[1] if pub else None))
-    t = pd.DataFrame(out)
-    t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
-    return t.sort_values(["dataset", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 COLUMN_FORMATS = {"params_M": ".2f", "GFLOPs": ".3g"}   # a slim 64×32 model has ~0.02 GFLOPs: one decimal would print 0.0
 
@@ -103,33 +107,149 @@ def save_table(df: pd.DataFrame, out_dir, name: str) -> tuple[Path, Path]:
     (out_dir / f"{name}.md").write_text(to_markdown(df))
     return out_dir / f"{name}.csv", out_dir / f"{name}.md"
 
+# %% ../nbs/33_report.ipynb #59cb5995
+def welch_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    "`mean(a) - mean(b)` and its Welch t interval at `level` (a and b: at least two values each)."
+    from scipy import stats
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2: raise ValueError(f"welch_interval needs at least 2 values on each side, got {len(a)} and {len(b)}")
+    d = float(a.mean() - b.mean())
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0: return d, d, d
+    nu = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    h = float(stats.t.ppf((1 + level) / 2, nu) * math.sqrt(va + vb))
+    return d, d - h, d + h
+
+def paired_bootstrap(a, b, level: float = 0.95, n_boot: int = 10_000, seed: int = 0, chunk: int = 500) -> tuple[float, float, float]:
+    """Mean of `a - b` over the items both have (NaN marks a missing one), with the percentile interval at `level` from `n_boot`
+    resamples of the items with replacement (seeded: the same call gives the same interval)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape: raise ValueError(f"paired_bootstrap: the two sides must hold the same items, got {a.shape} and {b.shape}")
+    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    if len(d) == 0: raise ValueError("paired_bootstrap: no item has a value on both sides")
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), (min(chunk, n_boot - i), len(d)))].mean(axis=1) for i in range(0, n_boot, chunk)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+# %% ../nbs/33_report.ipynb #e54541bc
+def difference(df: pd.DataFrame, variant: str, reference: str = "baseline", dataset: str | None = None, level: float = 0.95) -> dict:
+    """mAP of `variant` minus `reference` (points) on `dataset`, with a `level` interval: Welch's over seeds when both have at least two
+    runs, else a paired bootstrap over the queries of one seed both have (needs the `ap` column of `load_query_ap`)."""
+    pick = lambda v: df[(df.variant == v) & ((df.dataset == dataset) if dataset is not None else True)]
+    a, b = pick(variant), pick(reference)
+    for v, g in ((variant, a), (reference, b)):
+        if g.empty: raise ValueError(f"difference: no run of {v!r}{'' if dataset is None else ' on ' + dataset}")
+    delta, lo, hi, how = float(a.mAP.mean() - b.mAP.mean()), math.nan, math.nan, "none (one seed, no per-query AP)"
+    if len(a) >= 2 and len(b) >= 2:
+        delta, lo, hi = welch_interval(a.mAP, b.mAP, level)
+        how = f"Welch t over seeds ({len(a)} vs {len(b)})"
+    elif "ap" in df:
+        common = [s for s in a.seed if s in set(b.seed)]
+        ra = a[a.seed == common[0]].iloc[0] if common else None
+        rb = b[b.seed == common[0]].iloc[0] if common else None
+        if ra is not None and ra.ap is not None and rb.ap is not None:
+            delta, lo, hi = paired_bootstrap(ra.ap, rb.ap, level)
+            how = f"paired bootstrap over {int((~np.isnan(ra.ap)).sum())} queries (seed {common[0]})"
+    verdict = "—" if math.isnan(lo) else "yes" if lo > 0 or hi < 0 else "no"
+    return dict(delta=delta, lo=lo, hi=hi, interval=how, distinguishable=verdict)
+
+def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS), reference: str = "baseline", level: float = 0.95) -> pd.DataFrame:
+    """The ablation, one row per (dataset, variant): `n` seeds, mean mAP and its standard deviation over seeds, R1/R5/mINP and re-ranked
+    mAP/R1 (means), the mAP difference from `reference` with its `level` interval (`difference`), params, GFLOPs, the published number."""
+    out = []
+    for (ds, v), g in df.groupby(["dataset", "variant"], sort=False):
+        r, pub = g.iloc[0], SEED_ABLATION.get(v)
+        has_ref = v != reference and (df[df.dataset == ds].variant == reference).any()
+        d = difference(df, v, reference, ds, level) if has_ref else dict(delta=None, lo=None, hi=None, interval="—", distinguishable="—")
+        out.append(dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset=DATASET_LABELS.get(ds, ds), profile=r.profile, n=len(g),
+                        mAP=g.mAP.mean(), mAP_sd=g.mAP.std(ddof=1) if len(g) > 1 else math.nan, R1=g.R1.mean(), R5=g.R5.mean(),
+                        mINP=g.mINP.mean(), rr_mAP=g.rr_mAP.mean(), rr_R1=g.rr_R1.mean(),
+                        delta_mAP=d["delta"], delta_lo=d["lo"], delta_hi=d["hi"], interval=d["interval"],
+                        trained=_setting(r), params_M=r.params_M, GFLOPs=r.gflops,
+                        published_mAP=pub[0] if pub else None, published_R1=pub[1] if pub else None))
+    t = pd.DataFrame(out)
+    t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
+    return t.sort_values(["dataset", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+ABLATION_STEPS = (("sam", "baseline"), ("sam_ff", "sam"), ("full", "sam_ff"), ("full", "baseline"),
+                  ("rga_s", "baseline"), ("rga_c", "baseline"), ("rga_sc", "baseline"))
+
+def ablation_steps(df: pd.DataFrame, steps=ABLATION_STEPS, level: float = 0.95) -> pd.DataFrame:
+    "Each step `(variant, reference)` whose two models were measured, per dataset: the mAP difference, its interval, and the verdict."
+    rows = []
+    for ds in df.dataset.unique():
+        have = df[df.dataset == ds].variant.value_counts()
+        for v, ref in steps:
+            if v not in have or ref not in have: continue
+            d = difference(df, v, ref, ds, level)
+            rows.append(dict(step=f"{v} − {ref}", dataset=DATASET_LABELS.get(ds, ds), seeds=f"{have[v]} vs {have[ref]}",
+                             delta_mAP=d["delta"], delta_lo=d["lo"], delta_hi=d["hi"], interval=d["interval"],
+                             distinguishable=d["distinguishable"]))
+    return pd.DataFrame(rows, columns=["step", "dataset", "seeds", "delta_mAP", "delta_lo", "delta_hi", "interval", "distinguishable"])
+
+def ablation_statement(steps: pd.DataFrame, level: float = 0.95) -> str:
+    "One paragraph: which steps' `level` intervals exclude zero, which do not, and which could not be judged."
+    if steps.empty: return "No ablation step could be measured (a step needs both of its models)."
+    fmt = lambda r: f"{r.step} ({r.delta_mAP:+.1f} mAP points [{r.delta_lo:+.1f}, {r.delta_hi:+.1f}], {r.dataset})"
+    part = lambda verdict: "; ".join(fmt(r) for r in steps[steps.distinguishable == verdict].itertuples()) or "none"
+    kinds = sorted(set(steps.interval))
+    out = (f"Distinguishable from zero at {level:.0%} (the interval excludes 0): {part('yes')}. "
+           f"Not distinguishable: {part('no')}. Intervals: {'; '.join(kinds)}.")
+    unjudged = steps[steps.distinguishable == "—"]
+    if len(unjudged): out += " Without an interval (one seed and no per-query AP): " + ", ".join(unjudged.step) + "."
+    return out
+
+# %% ../nbs/33_report.ipynb #2a3305d0
+def environments(df: pd.DataFrame) -> pd.DataFrame:
+    "One row per distinct provenance block among the runs of `df` (training and evaluation), with what it covers."
+    groups = {}
+    for r in df.itertuples():
+        for role, env in (("train", getattr(r, "train_environment", None)), ("evaluate", getattr(r, "environment", None))):
+            if env: groups.setdefault(json.dumps(env, sort_keys=True), (env, []))[1].append((role, r.run))
+    rows = []
+    for env, used in groups.values():
+        c, d, p, ds = env.get("code") or {}, env.get("device") or {}, env.get("packages") or {}, env.get("dataset") or {}
+        gpu = d.get("gpu")
+        parts = []
+        for role in ("train", "evaluate"):
+            runs = sorted(run for ro, run in used if ro == role)
+            if runs: parts.append(f"{role}: " + (f"all {len(df)} runs" if len(runs) == len(df) else ", ".join(runs)))
+        covers = "; ".join(parts)
+        rows.append(dict(covers=covers, commit=(c.get("commit") or "—")[:12], dirty=c.get("dirty"), reid_nb=c.get("version"),
+                         python=env.get("python"), **{k: v for k, v in p.items()},
+                         device=(f"{gpu['name']} (CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})" if gpu else
+                                 f"{d.get('cpu')}, {d.get('threads')} threads"), platform=d.get("platform"),
+                         dataset=ds.get("name"), fingerprint=(ds.get("fingerprint") or "—")[:12]))
+    return pd.DataFrame(rows)
+
 # %% ../nbs/33_report.ipynb #634778a1
 def plot_cmc(df: pd.DataFrame, max_rank: int = 20, ax=None):
-    "CMC curves (rank 1..max_rank) of every measured run."
+    "CMC curves (rank 1..max_rank) of every measured model: the mean over its seeds, with a band of ± one standard deviation."
     import seaborn as sns, matplotlib.pyplot as plt
     long = pd.DataFrame([dict(run=f"{VARIANT_LABELS.get(r.variant, r.variant)} [{r.dataset}]", rank=k + 1, accuracy=100 * c)
                          for r in df.itertuples() for k, c in enumerate((r.cmc or [])[:max_rank])])
     if ax is None: _, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=long, x="rank", y="accuracy", hue="run", marker="o", markersize=3, ax=ax)
+    sns.lineplot(data=long, x="rank", y="accuracy", hue="run", marker="o", markersize=3, errorbar="sd", ax=ax)   # sd: no random CI
     ax.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curves", xticks=range(1, max_rank + 1, 2))
     ax.legend(fontsize=7, loc="lower right")
     return ax
 
-def load_logs(runs: dict) -> pd.DataFrame:
-    "Per-epoch training logs of `runs` (name -> run directory) in one frame."
+def load_logs(runs) -> pd.DataFrame:
+    "Per-epoch training logs of `runs` (a dict name -> run directory, or `(name, directory)` pairs: a name may repeat) in one frame."
     frames = []
-    for name, d in runs.items():
+    for name, d in (runs.items() if isinstance(runs, dict) else runs):
         f = Path(d) / "log.csv"
         if f.is_file(): frames.append(pd.read_csv(f).assign(run=name))
-    if not frames: raise FileNotFoundError(f"no log.csv in any of {list(runs.values())}")
+    if not frames: raise FileNotFoundError(f"no log.csv in any of {[d for _, d in (runs.items() if isinstance(runs, dict) else runs)]}")
     return pd.concat(frames, ignore_index=True)
 
 def plot_training(logs: pd.DataFrame):
-    "Loss and training accuracy per epoch for every run."
+    "Loss and training accuracy per epoch for every run (runs of one name, e.g. the seeds of a model: mean ± one standard deviation)."
     import seaborn as sns, matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, col, title in zip(axes, ("loss", "triplet", "acc"), ("total loss", "triplet loss", "training accuracy (ID)")):
-        sns.lineplot(data=logs, x=logs.epoch + 1, y=col, hue="run", marker="o", ax=ax, legend=ax is axes[-1])
+        sns.lineplot(data=logs, x=logs.epoch + 1, y=col, hue="run", marker="o", errorbar="sd", ax=ax, legend=ax is axes[-1])
         ax.set(xlabel="epoch", ylabel=col, title=title)
     axes[-1].legend(fontsize=7)
     fig.tight_layout()

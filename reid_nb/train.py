@@ -14,7 +14,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 from .backbone import check_width
 from .models import build_model, VARIANTS
-from .data import load_dataset
+from .data import load_dataset, dataset_fingerprint
+from .provenance import environment, without_timings
 from .sampler import PKSampler
 from .losses import ReIDLoss
 from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
@@ -411,6 +412,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
 
     ds = load_dataset(cfg.dataset, cfg.data_root)
+    env = environment(device, cfg.dataset, dataset_fingerprint(ds))          # code, libraries, device, data (reid_nb.provenance)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     gpu_data = auto_on(cfg.gpu_data, device)
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
@@ -496,10 +498,10 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
         save(epoch + 1, 0, None)
         barrier()
 
-    summary = dict(variant=cfg.variant, dataset=cfg.dataset, epochs=cfg.epochs, world_size=world, device=str(device),
+    summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world, device=str(device),
                    amp=str(dtype).replace("torch.", "") if dtype else "off", gpu_data=gpu_data, num_classes=ds.num_train_pids,
                    seconds=time.time() - t_start, final=rows[-1] if rows else None, pretrained=model.pretrained_from,
-                   new_parameters=None if new is None else dict(new, lr_mult=cfg.new_lr_mult))
+                   new_parameters=None if new is None else dict(new, lr_mult=cfg.new_lr_mult), environment=env)
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(dict(
         rank=rank, world_size=world, params_sha256=_params_digest(model),
@@ -507,7 +509,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     if rank == 0:
         from safetensors.torch import save_file
         atomic_write(out / "model.safetensors", lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp)))
-        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(meta_base, summary=summary), indent=2)))
+        # config.json (a DVC output) holds no wall times, so that two runs of one commit on one machine write it byte for byte
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(meta_base, summary=without_timings(summary)), indent=2)))
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     barrier()
     return summary

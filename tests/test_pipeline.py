@@ -1,7 +1,9 @@
-"""The DVC pipeline end to end on the embedded synthetic dataset, from a fresh copy of the repository:
+"""The DVC pipeline end to end on the embedded synthetic dataset, from fresh clones of one commit of the repository's files:
 `dvc repro` produces the reports, every stage's declared code dependencies are exactly the `reid_nb` modules its
-command loads, editing one component's module makes exactly the stages that use it stale, a second `dvc repro` does
-nothing, and changing one variant's parameter reruns only that variant's stages and the report."""
+command loads, a second clone gives byte-identical models and metrics (with the environment recorded in them), editing
+one component's module makes exactly the stages that use it stale, a second `dvc repro` does nothing, changing one
+variant's parameter reruns only that variant's stages and the report, and `dvc exp run -S 'seeds=[0,1]'` adds a seed:
+only the new seed's stages run, and Table 2 then gives n = 2 and intervals over seeds."""
 import json
 import os
 import re
@@ -22,6 +24,7 @@ AUDIT = ROOT / "tests" / "import_audit"
 def sh(*cmd, cwd, check=True, timeout=1800, env=None):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
                PYTHONUNBUFFERED="1", **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))   # a clone runs its own reid_nb
     p = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {p.returncode}\n{p.stdout[-6000:]}\n{p.stderr[-6000:]}")
@@ -35,10 +38,13 @@ def ran_stages(out: str) -> set:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
+GIT = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+
+
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    "A fresh copy of the repository's files (what a clone holds), with a small CPU profile in params.yaml."
-    dst = tmp_path_factory.mktemp("clone") / "reid_nb"
+def origin(tmp_path_factory):
+    "One commit of the repository's files (what a clone holds), with a small CPU profile in params.yaml."
+    dst = tmp_path_factory.mktemp("origin") / "reid_nb"
     files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).stdout.split("\n")
     for f in filter(None, files):
         if (ROOT / f).is_file():
@@ -51,12 +57,29 @@ def repo(tmp_path_factory):
     params["variants"] = VARIANTS
     params["train"].update(input_size=[64, 32], epochs=2, warmup_epochs=1, milestones=[1], P=4, K=2, max_batches=3, num_workers=0)
     params["evaluate"].update(batch_size=64)
+    params["seeds"] = [0]
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=dst)
-    sh("git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qam", "clone", "--allow-empty", cwd=dst, check=False)
     sh("git", "add", "-A", cwd=dst)
-    sh("git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "fresh clone", cwd=dst)
+    sh(*GIT, "commit", "-qm", "fresh clone", cwd=dst)
     return dst
+
+
+def clone(origin: Path, dst: Path) -> Path:
+    sh("git", "clone", "-q", origin, dst, cwd=dst.parent)
+    for k, v in (("user.name", "ci"), ("user.email", "ci@localhost")):   # DVC commits experiments
+        sh("git", "config", k, v, cwd=dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def repo(origin, tmp_path_factory):
+    "A fresh clone of `origin`."
+    return clone(origin, tmp_path_factory.mktemp("clone1") / "reid_nb")
+
+
+def run_name(v, seed=0): return f"{v}-synthetic-s{seed}"
+def stage_name(kind, v, seed=0): return f"{kind}@{v}-synthetic-{seed}"
 
 
 def module_of(path: str) -> str:
@@ -92,19 +115,30 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     log = tmp_path_factory.mktemp("imports")
     p = dvc("repro", cwd=repo, env=dict(PYTHONPATH=str(AUDIT), REID_NB_IMPORT_LOG=str(log)))
     stages = ran_stages(p.stdout)
-    expected = {"data@synthetic", "report"} | {f"{s}@{v}-synthetic" for s in ("train", "evaluate") for v in VARIANTS}
+    expected = {"data@synthetic", "report"} | {stage_name(s, v) for s in ("train", "evaluate") for v in VARIANTS}
     assert expected <= stages, (stages, p.stdout[-3000:])
     rep = repo / "reports"
-    for f in ("table1.csv", "table1.md", "table2.csv", "table2.md", "cmc.png", "training_curves.png", "retrieval.png",
+    manifest = json.loads((repo / "manifests" / "synthetic.json").read_text())
+    for f in ("ablation_steps.csv", "ablation_steps.md", "ablation_statement.md", "environment.csv", "environment.md", "table1.csv", "table1.md", "table2.csv", "table2.md", "cmc.png", "training_curves.png", "retrieval.png",
               "attention.png", "report.ipynb", "report.html"):
         assert (rep / f).is_file() and (rep / f).stat().st_size > 0, f
     # the numbers in the report are those of the metrics files
     t2 = pd.read_csv(rep / "table2.csv")
     for v in VARIANTS:
-        m = json.loads((repo / "metrics" / f"{v}-synthetic.json").read_text())
+        m = json.loads((repo / "metrics" / f"{run_name(v)}.json").read_text())
         row = t2[t2.variant == v].iloc[0]
         assert abs(row["mAP"] - 100 * m["mAP"]) < 1e-9 and abs(row["R1"] - 100 * m["rank1"]) < 1e-9
         assert abs(row["rr_mAP"] - 100 * m["rerank"]["mAP"]) < 1e-9
+        assert row["n"] == 1 and (v == "baseline" or row["interval"].startswith("paired bootstrap over")), row.to_dict()
+        env = m["environment"]                       # the provenance block: the clone's commit, clean, and the libraries
+        assert env["code"]["commit"] == sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip() and env["code"]["dirty"] is False
+        assert env["packages"]["torch"] and env["device"]["threads"] >= 1 and env["dataset"]["fingerprint"] == manifest["fingerprint"]
+        assert m["train_environment"] == env and "seconds" not in m
+    steps = pd.read_csv(rep / "ablation_steps.csv")
+    assert list(steps.step)[:3] == ["sam − baseline", "sam_ff − sam", "full − sam_ff"], list(steps.step)
+    assert "Distinguishable from zero at 95%" in (rep / "ablation_statement.md").read_text()
+    env_table = (rep / "environment.md").read_text()
+    assert env["code"]["commit"][:12] in env_table and f"all {len(VARIANTS)} runs" in env_table
     t1 = pd.read_csv(rep / "table1.csv")
     ours = t1[t1.method.str.startswith("ours")]
     assert len(ours) == 3 and ours.measured_on.str.contains("synthetic").all()   # full, rga_sc and rga_s
@@ -121,9 +155,23 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     assert not problems, "\n".join(problems)
     # dvc's own views of the results work
     shown = dvc("metrics", "show", cwd=repo).stdout
-    assert "metrics/full-synthetic.json" in shown and "mAP" in shown
+    assert f"metrics/{run_name('full')}.json" in shown and "mAP" in shown
     dvc("plots", "show", "-o", str(repo / "plots_html"), cwd=repo)
     assert any((repo / "plots_html").iterdir())
+
+
+IDENTICAL = [f"metrics/{run_name(v)}.json" for v in ("baseline", "rga_s")] + \
+    [f"runs/{run_name(v)}/{f}" for v in ("baseline", "rga_s") for f in ("model.safetensors", "config.json", "ranking.json")]
+
+
+def test_a_second_clone_gives_the_same_bytes(origin, repo, tmp_path_factory):
+    "Two clones of one commit, one machine, one environment: the same models, configs, rankings and metrics, byte for byte."
+    other = clone(origin, tmp_path_factory.mktemp("clone2") / "reid_nb")
+    dvc("repro", *(stage_name("evaluate", v) for v in ("baseline", "rga_s")), cwd=other)
+    for f in IDENTICAL:
+        assert (other / f).read_bytes() == (repo / f).read_bytes(), f"{f} differs between two clones of one commit"
+    times = json.loads((other / "runs" / run_name("baseline") / "eval_summary.json").read_text())
+    assert times["seconds"]["features"] > 0                               # the wall times live beside the run, not in the metrics
 
 
 def stale_stages(repo) -> set:
@@ -137,10 +185,10 @@ def test_editing_a_component_stales_exactly_its_users(repo):
     before = rga.read_text()
     try:
         rga.write_text(before + "\n# an edit\n")
-        assert stale_stages(repo) == {f"{s}@{v}-synthetic" for s in ("train", "evaluate") for v in ("rga_s", "rga_c", "rga_sc")} | {"report"}
+        assert stale_stages(repo) == {stage_name(s, v) for s in ("train", "evaluate") for v in ("rga_s", "rga_c", "rga_sc")} | {"report"}
         rga.write_text(before)
         (repo / "reid_nb" / "eca.py").write_text((repo / "reid_nb" / "eca.py").read_text() + "\n# an edit\n")
-        assert stale_stages(repo) == {"train@full-synthetic", "evaluate@full-synthetic", "report"}
+        assert stale_stages(repo) == {stage_name("train", "full"), stage_name("evaluate", "full"), "report"}
     finally:
         rga.write_text(before)
         sh("git", "checkout", "--", "reid_nb/eca.py", cwd=repo)
@@ -154,7 +202,20 @@ def test_second_repro_does_nothing(repo):
 
 def test_changing_one_variant_reruns_only_it(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["overrides"]["baseline"]["seed"] = 1
+    params["overrides"]["baseline"]["lr"] = 0.001
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = dvc("repro", cwd=repo)
-    assert ran_stages(p.stdout) == {"train@baseline-synthetic", "evaluate@baseline-synthetic", "report"}, p.stdout[-3000:]
+    assert ran_stages(p.stdout) == {stage_name("train", "baseline"), stage_name("evaluate", "baseline"), "report"}, p.stdout[-3000:]
+
+
+def test_more_seeds_by_experiment(repo):
+    "The README's way to add seeds: only the new seed's stages run; Table 2 then has n = 2 and intervals over seeds."
+    p = dvc("exp", "run", "-S", "seeds=[0,1]", cwd=repo)
+    assert ran_stages(p.stdout) == {stage_name(s, v, 1) for s in ("train", "evaluate") for v in VARIANTS} | {"report"}, p.stdout[-3000:]
+    t2 = pd.read_csv(repo / "reports" / "table2.csv")
+    assert (t2.n == 2).all(), t2[["variant", "n"]]
+    for v in VARIANTS:
+        a = [json.loads((repo / "metrics" / f"{run_name(v, s)}.json").read_text())["mAP"] * 100 for s in (0, 1)]
+        row = t2[t2.variant == v].iloc[0]
+        assert abs(row["mAP"] - sum(a) / 2) < 1e-9 and abs(row["mAP_sd"] - abs(a[0] - a[1]) / 2 ** 0.5) < 1e-9
+        assert v == "baseline" or (row["interval"] == "Welch t over seeds (2 vs 2)" and row["delta_lo"] <= row["delta_mAP"] <= row["delta_hi"])

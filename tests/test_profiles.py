@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ["params.yaml", "params-paper.yaml", "params-rehearsal.yaml"]
 EVALUATE_KEYS = {"rerank", "flip", "metric", "topk", "device", "batch_size", "num_workers", "data_path"}
 # What "only the scale changed" may touch: the data (local archives, their own root), the run length and size, the device.
-SCALE_KEYS = {"profile", "variants", "data.root", "train.epochs", "train.P", "train.device", "train.pretrained",
+SCALE_KEYS = {"profile", "variants", "seeds", "data.root", "train.epochs", "train.P", "train.device", "train.pretrained",
               "train.num_workers", "evaluate.batch_size"}
 
 
@@ -25,7 +25,11 @@ def read(name): return yaml.safe_load((ROOT / name).read_text())
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_is_consistent_with_the_code(name):
     doc = read(name)
-    assert set(doc) <= {"profile", "datasets", "variants", "data", "train", "overrides", "evaluate"}, sorted(doc)
+    assert set(doc) <= {"profile", "datasets", "variants", "seeds", "data", "train", "overrides", "evaluate"}, sorted(doc)
+    seeds = doc["seeds"]                # the pipeline's matrix: each stage passes its own --seed, which wins over any other
+    assert isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds), seeds
+    assert "seed" not in doc["train"] and not any("seed" in (o or {}) for o in doc["overrides"].values()), \
+        "a seed under train or overrides would be ignored: the seeds list sets it"
     assert set(doc["variants"]) <= set(VARIANTS) and doc["variants"]
     assert set(doc["datasets"]) <= set(DATASETS) and doc["datasets"]
     assert set(doc["overrides"]) == set(doc["variants"]), "one overrides entry per variant, and none for others"
@@ -42,7 +46,7 @@ def test_rehearsal_differs_from_the_paper_in_scale_only():
     paper, reh = _leaves(read("params-paper.yaml")), _leaves(read("params-rehearsal.yaml"))
     changed = {k for k in set(paper) | set(reh) if paper.get(k) != reh.get(k)}
     changed -= {k for k in changed if k.startswith("data.archives.")}           # the declared local archives
-    changed -= {f"overrides.{v}.seed" for v in set(read("params-paper.yaml")["variants"]) - set(read("params-rehearsal.yaml")["variants"])}
+    changed -= {f"overrides.{v}" for v in set(read("params-paper.yaml")["variants"]) - set(read("params-rehearsal.yaml")["variants"])}
     assert changed <= SCALE_KEYS, sorted(changed - SCALE_KEYS)
     assert reh["train.input_size"] == [256, 128] and reh["train.width"] == 1.0 and reh["datasets"] == ["market1501", "dukemtmc"]
     covered = {VARIANTS[v]["backbone"] for v in read("params-rehearsal.yaml")["variants"]}

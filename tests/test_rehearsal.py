@@ -48,7 +48,7 @@ def test_every_stage_ran_with_the_profile(rehearsal):
     repo, out, _ = rehearsal
     doc = yaml.safe_load((repo / "params-rehearsal.yaml").read_text())
     expected = {f"data@{d}" for d in doc["datasets"]} | {"report"} | {
-        f"{s}@{v}-{d}" for s in ("train", "evaluate") for v in doc["variants"] for d in doc["datasets"]}
+        f"{s}@{v}-{d}-{seed}" for s in ("train", "evaluate") for v in doc["variants"] for d in doc["datasets"] for seed in doc["seeds"]}
     assert expected <= ran_stages(out), (sorted(ran_stages(out)), out[-3000:])
     assert yaml.safe_load((repo / "params.yaml").read_text()) == doc        # the experiment ran with exactly the profile
     shown = json.loads(sh(sys.executable, "-m", "dvc", "exp", "show", "--json", cwd=repo).stdout)
@@ -77,7 +77,7 @@ def test_pretrained_weights_loaded_with_the_expected_new_layers(rehearsal):
     doc = yaml.safe_load((repo / "params-rehearsal.yaml").read_text())
     for v in doc["variants"]:
         for d in doc["datasets"]:
-            s = json.loads((repo / "runs" / f"{v}-{d}" / "train_summary.json").read_text())
+            s = json.loads((repo / "runs" / f"{v}-{d}-s0" / "train_summary.json").read_text())
             backbone = "resnet50" if v.startswith("rga") else "resnet50_ibn_a"
             f = repo / doc["train"]["pretrained"].replace("{backbone}", backbone)
             assert (repo / s["pretrained"]["file"]).resolve() == f.resolve()
@@ -96,7 +96,7 @@ def test_tables_hold_our_rows_for_both_datasets(rehearsal):
     for d in doc["datasets"]:
         col = "duke" if d == "dukemtmc" else "market"
         for v in doc["variants"]:
-            m = json.loads((repo / "metrics" / f"{v}-{d}.json").read_text())
+            m = json.loads((repo / "metrics" / f"{v}-{d}-s0.json").read_text())
             assert m["dataset"] == d and m["variant"] == v and m["input_size"] == [256, 128]
             row = t2[(t2.variant == v) & (t2.dataset == LABELS[d])]
             assert len(row) == 1, (v, d, t2[["variant", "dataset"]])
@@ -106,8 +106,8 @@ def test_tables_hold_our_rows_for_both_datasets(rehearsal):
             assert row["rr_mAP"] == pytest.approx(100 * m["rerank"]["mAP"], abs=1e-9)
             assert row["profile"] == "rehearsal"
         for v in ("full", "rga_sc"):                                     # Table 1's rows of ours, one per dataset
-            m = json.loads((repo / "metrics" / f"{v}-{d}.json").read_text())
-            row = t1[t1.source.str.endswith(f"{v}-{d}.json")]
+            m = json.loads((repo / "metrics" / f"{v}-{d}-s0.json").read_text())
+            row = t1[t1.source.str.endswith(f"{v}-{d}-s0.json")]
             assert len(row) == 1 and row.iloc[0].measured_on.startswith(LABELS[d])
             assert row.iloc[0][f"{col}_mAP"] == round(100 * m["mAP"], 1) and row.iloc[0][f"{col}_R1"] == round(100 * m["rank1"], 1)
     print(f"rehearsal pipeline: {seconds:.0f} s")
