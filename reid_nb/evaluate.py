@@ -146,10 +146,10 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
         rr = torch.as_tensor(re_ranking(qg, qq, gg))
         reranked = evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50)
         res["rerank"] = _summary(reranked)
-    res["environment"] = environment(dev, dataset, dataset_fingerprint(ds))                 # what computed these numbers
+    rank, _, _ = dist_info()
+    res["environment"] = environment(dev, dataset, dataset_fingerprint(ds) if rank == 0 else None)   # what computed these numbers
     res["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
     seconds = dict(features=t_feat, rerank=time.time() - t1)
-    rank, _, _ = dist_info()
     if rank == 0 and metrics_out:               # no wall times in the metrics: two runs of one commit write the same bytes
         atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=2)))
         atomic_write(Path(run_dir) / "eval_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(

@@ -13,7 +13,7 @@ __all__ = ['CODE_PATHS', 'PACKAGES', 'code_state', 'library_versions', 'cpu_mode
            'without_timings']
 
 # %% ../nbs/29_provenance.ipynb #2ace51b6
-CODE_PATHS = ("reid_nb", "nbs", "settings.ini", "setup.py", "pyproject.toml", "requirements-lock.txt")
+CODE_PATHS = ("reid_nb", "nbs", "settings.ini", "setup.py", "pyproject.toml", "requirements-lock.txt", "dvc.yaml", "deps")
 
 def _git(root: Path, *args) -> str | None:
     "Output of `git -C root ARGS`, or None where git or the repository is missing."
@@ -22,19 +22,31 @@ def _git(root: Path, *args) -> str | None:
     except (OSError, subprocess.TimeoutExpired): return None
     return p.stdout.strip() if p.returncode == 0 else None
 
-def _package_root() -> Path:
-    import reid_nb
-    return Path(reid_nb.__file__).resolve().parent.parent
+def _code_diff(top: Path, status: str) -> str | None:
+    "SHA-256 over `git diff HEAD` of the code paths and the bytes of their untracked files; None when clean."
+    if not status: return None
+    import hashlib
+    h = hashlib.sha256((_git(top, "diff", "HEAD", "--binary", "--", *CODE_PATHS) or "").encode())
+    for line in sorted(status.splitlines()):
+        if line.startswith("??"):
+            f = top / line[3:]
+            h.update(line[3:].encode()); h.update(f.read_bytes() if f.is_file() else b"")
+    return h.hexdigest()
 
 def code_state(root=None) -> dict:
-    "The package version, and the git commit of `root` (default: the tree `reid_nb` is imported from) with its code-scoped dirty flag."
-    from reid_nb import __version__
-    root = Path(root) if root is not None else _package_root()
-    top = _git(root, "rev-parse", "--show-toplevel")
-    commit = _git(root, "rev-parse", "HEAD") if top else None
-    if commit is None: return dict(version=__version__, commit=None, dirty=None)
-    status = _git(Path(top), "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
-    return dict(version=__version__, commit=commit, dirty=None if status is None else bool(status))
+    """The package version, and the git state of the code: `commit`, `dirty` (a code path differs from it) and `diff` (a digest of
+    the difference). `root`: a work tree (default: the tree `reid_nb` is imported from, if it is imported from one)."""
+    import reid_nb
+    none = dict(version=reid_nb.__version__, commit=None, dirty=None, diff=None)
+    pkg = Path(reid_nb.__file__).resolve().parent
+    top = _git(Path(root) if root is not None else pkg.parent, "rev-parse", "--show-toplevel")
+    if top is None: return none
+    top = Path(top).resolve()
+    if root is None and top / "reid_nb" != pkg: return none          # installed elsewhere: this tree's HEAD is not the code
+    commit = _git(top, "rev-parse", "HEAD")
+    status = _git(top, "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
+    if commit is None or status is None: return none
+    return dict(version=reid_nb.__version__, commit=commit, dirty=bool(status), diff=_code_diff(top, status))
 
 # %% ../nbs/29_provenance.ipynb #94f0aec2
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow", "safetensors")

@@ -54,13 +54,16 @@ def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
-    "`df` with a column `ap`: each run's per-query average precision in % (NaN for a query without a match) from `RUNS/<run>/ranking.json`."
+    """`df` with columns `ap` (each run's per-query average precision in %, NaN for a query without a match) and `query_pid` (each
+    query's identity), from `RUNS/<run>/ranking.json`; None for a run without them."""
     def read(run):
         f = Path(runs_dir) / run / "ranking.json"
-        if not f.is_file(): return None
-        ap = json.loads(f.read_text()).get("ap")
-        return None if ap is None else 100 * np.array([np.nan if a is None else a for a in ap], dtype=float)
-    return df.assign(ap=[read(r) for r in df.run])
+        r = json.loads(f.read_text()) if f.is_file() else {}
+        if r.get("ap") is None: return None, None
+        return (100 * np.array([np.nan if a is None else a for a in r["ap"]], dtype=float),
+                np.array([q["pid"] for q in r["query"]]) if "query" in r else None)
+    got = [read(r) for r in df.run]
+    return df.assign(ap=[a for a, _ in got], query_pid=[p for _, p in got])
 
 # %% ../nbs/33_report.ipynb #b08be095
 def _setting(r) -> str:
@@ -115,42 +118,57 @@ def welch_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
     if len(a) < 2 or len(b) < 2: raise ValueError(f"welch_interval needs at least 2 values on each side, got {len(a)} and {len(b)}")
     d = float(a.mean() - b.mean())
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    if va + vb == 0: return d, d, d
+    if va + vb == 0: return d, math.nan, math.nan      # no spread over seeds: the seed did nothing (or a bug) — not certainty
     nu = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     h = float(stats.t.ppf((1 + level) / 2, nu) * math.sqrt(va + vb))
     return d, d - h, d + h
 
-def paired_bootstrap(a, b, level: float = 0.95, n_boot: int = 10_000, seed: int = 0, chunk: int = 500) -> tuple[float, float, float]:
+def paired_bootstrap(a, b, groups=None, level: float = 0.95, n_boot: int = 10_000, seed: int = 0,
+                     chunk: int = 500) -> tuple[float, float, float]:
     """Mean of `a - b` over the items both have (NaN marks a missing one), with the percentile interval at `level` from `n_boot`
-    resamples of the items with replacement (seeded: the same call gives the same interval)."""
+    resamples with replacement — of the items, or of whole `groups` (one label per item, e.g. the query's identity) when given.
+    Seeded: the same call gives the same interval."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape: raise ValueError(f"paired_bootstrap: the two sides must hold the same items, got {a.shape} and {b.shape}")
-    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = (a - b)[keep]
     if len(d) == 0: raise ValueError("paired_bootstrap: no item has a value on both sides")
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([d[rng.integers(0, len(d), (min(chunk, n_boot - i), len(d)))].mean(axis=1) for i in range(0, n_boot, chunk)])
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    g = np.arange(len(d)) if groups is None else np.unique(np.asarray(groups)[keep], return_inverse=True)[1].reshape(-1)
+    sums, counts = np.bincount(g, weights=d), np.bincount(g).astype(float)      # per group: the sum of differences, the items
+    rng, n = np.random.default_rng(seed), len(sums)
+    means = []
+    for i in range(0, n_boot, chunk):
+        pick = rng.integers(0, n, (min(chunk, n_boot - i), n))
+        means.append(sums[pick].sum(axis=1) / counts[pick].sum(axis=1))      # the mean over the items of the drawn groups
+    lo, hi = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
     return float(d.mean()), float(lo), float(hi)
 
 # %% ../nbs/33_report.ipynb #e54541bc
 def difference(df: pd.DataFrame, variant: str, reference: str = "baseline", dataset: str | None = None, level: float = 0.95) -> dict:
-    """mAP of `variant` minus `reference` (points) on `dataset`, with a `level` interval: Welch's over seeds when both have at least two
-    runs, else a paired bootstrap over the queries of one seed both have (needs the `ap` column of `load_query_ap`)."""
+    """mAP of `variant` minus `reference` (points, the difference of their mean mAPs) on `dataset`, with a `level` interval: Welch's over
+    seeds when both have at least two runs; with one run each, of one seed, a paired bootstrap over that seed's queries, resampled by
+    identity (needs `load_query_ap`'s columns); otherwise none, and `interval` says why."""
     pick = lambda v: df[(df.variant == v) & ((df.dataset == dataset) if dataset is not None else True)]
     a, b = pick(variant), pick(reference)
     for v, g in ((variant, a), (reference, b)):
         if g.empty: raise ValueError(f"difference: no run of {v!r}{'' if dataset is None else ' on ' + dataset}")
-    delta, lo, hi, how = float(a.mAP.mean() - b.mAP.mean()), math.nan, math.nan, "none (one seed, no per-query AP)"
+    delta, lo, hi = float(a.mAP.mean() - b.mAP.mean()), math.nan, math.nan      # always the difference of the rows' means
     if len(a) >= 2 and len(b) >= 2:
         delta, lo, hi = welch_interval(a.mAP, b.mAP, level)
-        how = f"Welch t over seeds ({len(a)} vs {len(b)})"
-    elif "ap" in df:
-        common = [s for s in a.seed if s in set(b.seed)]
-        ra = a[a.seed == common[0]].iloc[0] if common else None
-        rb = b[b.seed == common[0]].iloc[0] if common else None
-        if ra is not None and ra.ap is not None and rb.ap is not None:
-            delta, lo, hi = paired_bootstrap(ra.ap, rb.ap, level)
-            how = f"paired bootstrap over {int((~np.isnan(ra.ap)).sum())} queries (seed {common[0]})"
+        how = f"Welch t over seeds ({len(a)} vs {len(b)})" if not math.isnan(lo) else "none (no spread over seeds)"
+    elif len(a) > 1 or len(b) > 1:
+        how = f"none ({len(a)} vs {len(b)} seeds: Welch needs two on each side)"
+    elif a.seed.iloc[0] != b.seed.iloc[0]:
+        how = f"none (one seed each, and not the same: {a.seed.iloc[0]} vs {b.seed.iloc[0]})"
+    elif "ap" not in df or a.ap.iloc[0] is None or b.ap.iloc[0] is None:
+        how = "none (one seed, no per-query AP)"
+    else:
+        ra, rb = a.iloc[0], b.iloc[0]
+        pid = ra.get("query_pid")
+        delta, lo, hi = paired_bootstrap(ra.ap, rb.ap, groups=pid, level=level)
+        both = ~(np.isnan(ra.ap) | np.isnan(rb.ap))
+        unit = f"{len(np.unique(pid[both]))} query identities" if pid is not None else f"{int(both.sum())} queries"
+        how = f"paired bootstrap over {unit} (seed {ra.seed})"
     verdict = "—" if math.isnan(lo) else "yes" if lo > 0 or hi < 0 else "no"
     return dict(delta=delta, lo=lo, hi=hi, interval=how, distinguishable=verdict)
 
@@ -189,15 +207,17 @@ def ablation_steps(df: pd.DataFrame, steps=ABLATION_STEPS, level: float = 0.95) 
     return pd.DataFrame(rows, columns=["step", "dataset", "seeds", "delta_mAP", "delta_lo", "delta_hi", "interval", "distinguishable"])
 
 def ablation_statement(steps: pd.DataFrame, level: float = 0.95) -> str:
-    "One paragraph: which steps' `level` intervals exclude zero, which do not, and which could not be judged."
+    "One paragraph: which steps' `level` intervals exclude zero, which do not, which could not be judged, and how to read that."
     if steps.empty: return "No ablation step could be measured (a step needs both of its models)."
     fmt = lambda r: f"{r.step} ({r.delta_mAP:+.1f} mAP points [{r.delta_lo:+.1f}, {r.delta_hi:+.1f}], {r.dataset})"
     part = lambda verdict: "; ".join(fmt(r) for r in steps[steps.distinguishable == verdict].itertuples()) or "none"
-    kinds = sorted(set(steps.interval))
-    out = (f"Distinguishable from zero at {level:.0%} (the interval excludes 0): {part('yes')}. "
-           f"Not distinguishable: {part('no')}. Intervals: {'; '.join(kinds)}.")
-    unjudged = steps[steps.distinguishable == "—"]
-    if len(unjudged): out += " Without an interval (one seed and no per-query AP): " + ", ".join(unjudged.step) + "."
+    judged, unjudged = steps[steps.distinguishable != "—"], steps[steps.distinguishable == "—"]
+    out = f"Distinguishable from zero at {level:.0%} (the interval excludes 0): {part('yes')}. Not distinguishable: {part('no')}."
+    if len(judged): out += f" Intervals: {'; '.join(sorted(set(judged.interval)))}."
+    if len(judged) > 1:
+        out += (f" These are {len(judged)} comparisons at {level:.0%} each: were no step to matter, about {1 - level ** len(judged):.0%} "
+                "of such tables would still show at least one distinguishable step; and not distinguishable is not the same as no effect.")
+    if len(unjudged): out += " Without an interval: " + "; ".join(f"{r.step} ({r.interval})" for r in unjudged.itertuples()) + "."
     return out
 
 # %% ../nbs/33_report.ipynb #2a3305d0
@@ -216,7 +236,8 @@ def environments(df: pd.DataFrame) -> pd.DataFrame:
             runs = sorted(run for ro, run in used if ro == role)
             if runs: parts.append(f"{role}: " + (f"all {len(df)} runs" if len(runs) == len(df) else ", ".join(runs)))
         covers = "; ".join(parts)
-        rows.append(dict(covers=covers, commit=(c.get("commit") or "—")[:12], dirty=c.get("dirty"), reid_nb=c.get("version"),
+        rows.append(dict(covers=covers, commit=(c.get("commit") or "—")[:12], dirty=c.get("dirty"), diff=(c.get("diff") or "—")[:12],
+                         reid_nb=c.get("version"),
                          python=env.get("python"), **{k: v for k, v in p.items()},
                          device=(f"{gpu['name']} (CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})" if gpu else
                                  f"{d.get('cpu')}, {d.get('threads')} threads"), platform=d.get("platform"),

@@ -412,7 +412,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
 
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    env = environment(device, cfg.dataset, dataset_fingerprint(ds))          # code, libraries, device, data (reid_nb.provenance)
+    env = environment(device, cfg.dataset, dataset_fingerprint(ds) if rank == 0 else None)   # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     gpu_data = auto_on(cfg.gpu_data, device)
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
