@@ -15,8 +15,8 @@ from .sampler import PKSampler
 from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
-from .train import (TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, build_training, auto_on, resolve_device,
-                           amp_dtype, atomic_write)
+from .train import TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, build_training
+from .core import auto_on, resolve_device, amp_dtype, atomic_write
 
 # %% auto #0
 __all__ = ['PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',

@@ -8,11 +8,13 @@ import argparse, dataclasses, json, shlex, subprocess, sys, typing
 from pathlib import Path
 import yaml
 from .train import TrainConfig, fit
+from .models import VARIANTS
 from .download import DownloadError, ChecksumError
+from .core import FolderLocked, atomic_write
 
 # %% auto #0
-__all__ = ['load_params', 'train_config_from_args', 'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command',
-           'main']
+__all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'train_config_from_args',
+           'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command', 'error_line', 'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
@@ -26,13 +28,44 @@ def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
         elif t in (int, float): p.add_argument(opt, type=t, default=None, help=help_)
         else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, default=None, help=help_)
 
-def load_params(path, variant: str | None = None) -> dict:
-    "Training parameters from a params.yaml: `data.root`, the `train` section, then `overrides[variant]` on top."
+PARAMS_SECTIONS = dict(profile=str, datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict, evaluate=dict)
+DATA_KEYS = ("root", "synthetic_seed", "archives")
+
+def _known(what: str, unknown, known) -> ValueError:
+    return ValueError(f"unknown {what} {', '.join(map(repr, sorted(map(str, unknown))))}; known: {', '.join(map(str, known))}")
+
+def read_params(path) -> dict:
+    """A params file, checked: unknown sections, `data` keys, variants, datasets and `train` / `overrides` keys (and overrides of
+    unknown variants) are errors listing the known ones, so a typo never trains with the defaults. Values are checked where they
+    are used (`TrainConfig`, `EvalConfig`)."""
+    from reid_nb.data import DATASETS
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such params file")
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict): raise ValueError(f"{path}: expected a mapping at the top level")
-    out = {}
+    try: doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict): raise ValueError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
+    if set(doc) - set(PARAMS_SECTIONS): raise _known(f"section(s) in {path}:", set(doc) - set(PARAMS_SECTIONS), PARAMS_SECTIONS)
+    for k, t in PARAMS_SECTIONS.items():
+        if doc.get(k) is not None and not isinstance(doc[k], t):
+            raise ValueError(f"{path}: '{k}' must be a {dict(str='string', list='list', dict='mapping')[t.__name__]}, got {doc[k]!r}")
+    data, fields = doc.get("data") or {}, [f.name for f in dataclasses.fields(TrainConfig)]
+    if set(data) - set(DATA_KEYS): raise _known(f"key(s) under data in {path}:", set(data) - set(DATA_KEYS), DATA_KEYS)
+    for key, known in (("variants", VARIANTS), ("datasets", DATASETS)):
+        if set(doc.get(key) or []) - set(known): raise _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in doc.get("seeds") or []):
+        raise ValueError(f"{path}: seeds must be integers ≥ 0, got {doc['seeds']!r}")
+    if set(doc.get("train") or {}) - set(fields): raise _known(f"training parameter(s) under train in {path}:", set(doc["train"]) - set(fields), fields)
+    over = doc.get("overrides") or {}
+    if set(over) - set(VARIANTS): raise _known(f"variant(s) under overrides in {path}:", set(over) - set(VARIANTS), VARIANTS)
+    for v, o in over.items():
+        if o is not None and not isinstance(o, dict): raise ValueError(f"{path}: overrides.{v} must be a mapping, got {o!r}")
+        if set(o or {}) - set(fields): raise _known(f"training parameter(s) under overrides.{v} in {path}:", set(o) - set(fields), fields)
+    return doc
+
+def load_params(path, variant: str | None = None) -> dict:
+    "Training parameters from a params.yaml: `data.root`, the `train` section, then `overrides[variant]` on top."
+    doc, out = read_params(path), {}
     data = doc.get("data") or {}
     if "root" in data: out["data_root"] = data["root"]
     out.update(doc.get("train") or {})
@@ -60,7 +93,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "(checkpoint), OUT/model.safetensors + OUT/config.json (final model) and OUT/log.csv (per-epoch log). "
                        "Run under 'torchrun --nproc_per_node N' for data-parallel training.")
     t.add_argument("--params", help="params.yaml: reads data.root, the 'train' section and 'overrides.VARIANT' (options given here win)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors if it exists")
+    t.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint (last.safetensors); refused "
+                   "when a setting that shapes the model differs, unless --allow-changes")
+    t.add_argument("--resume-if-possible", action="store_true", help="continue the run in OUT when its checkpoint's settings match, "
+                   "else start over (the pipeline's train stage: a killed 'dvc repro' resumes)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (without it, an OUT holding a run is refused)")
+    t.add_argument("--allow-changes", action="store_true", help="with --resume: continue with changed settings, recorded in config.json's history")
+    t.add_argument("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_options(t)
 
@@ -68,24 +107,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "images, rank, score (CMC, mAP, mINP; with and without re-ranking); write metrics and ranking JSON.")
     e.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run directory written by 'reid-nb train' (under torchrun write --run-dir: torchrun reads '--run' as its own option)")
-    e.add_argument("--params", help="params.yaml: reads data.dataset/data.root and the 'evaluate' section")
+    e.add_argument("--params", help="params.yaml: reads data.root and the 'evaluate' section (options given here win)")
     e.add_argument("--dataset", help="dataset (default: the one the run was trained on)")
     e.add_argument("--data-root", default=None, help="folder holding the datasets (default: data)")
     e.add_argument("--metrics", help="write the metrics JSON here")
     e.add_argument("--ranking", help="write the per-query top-k ranking JSON here")
-    e.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None, help="also score k-reciprocal re-ranking (default: on)")
-    e.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="average features with the flipped image (default: on)")
-    e.add_argument("--metric", choices=("cosine", "euclidean"), default=None)
-    e.add_argument("--topk", type=int, default=None, help="ranking length kept per query (default: 10)")
-    e.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
-    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
     e.add_argument("--no-progress", action="store_true")
+    if command in (None, "evaluate"):    # reid_nb.evaluate imports the evaluation stack: only when it is the command
+        from reid_nb.evaluate import EvalConfig
+        _add_config_options(e, EvalConfig)
 
     s = sub.add_parser("synth", help="write the embedded synthetic dataset", description="Generate the procedural ReID "
                        "dataset in the Market-1501 layout (deterministic from --seed).")
     s.add_argument("--root", default="data/synthetic", help="output folder (default: data/synthetic)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="regenerate even if the folder exists")
+    s.add_argument("--force", action="store_true", help="regenerate even if the folder holds a synthetic set (never another folder)")
 
     d = sub.add_parser("download", help="fetch/verify/extract a dataset archive", description="Find the dataset's archive "
                        "under ROOT (or fetch it from --url), verify its MD5, and extract it safely.")
@@ -144,28 +181,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/32_cli.ipynb #ecf48869
-def dataset_manifest(ds) -> dict:
-    "Split sizes and a SHA-256 fingerprint over every image's relative path and bytes: what the pipeline's later stages depend on."
-    from reid_nb.data import dataset_fingerprint
-    return dict(dataset=ds.name, folder=str(ds.root), fingerprint=dataset_fingerprint(ds), num_train_pids=ds.num_train_pids,
-                num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)))
+def dataset_manifest(ds, hashes: dict | None = None) -> dict:
+    """What the pipeline's later stages depend on: split sizes, a SHA-256 fingerprint over every image's relative path and bytes,
+    and each image's hash (16 hex digits), with which training and evaluation name an image that changed afterwards."""
+    from reid_nb.data import image_hashes, fingerprint_of, MANIFEST_HASH_DIGITS
+    hashes = hashes if hashes is not None else image_hashes(ds)
+    return dict(dataset=ds.name, folder=str(ds.root), fingerprint=fingerprint_of(hashes), num_train_pids=ds.num_train_pids,
+                num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)),
+                images={k: v[:MANIFEST_HASH_DIGITS] for k, v in hashes.items()})
 
 def _section(path, key: str) -> dict:
-    "Section `key` of a params YAML (empty when absent); the file must exist and hold a mapping."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such params file")
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict): raise ValueError(f"{path}: expected a mapping at the top level")
-    sec = doc.get(key) or {}
-    if not isinstance(sec, dict): raise ValueError(f"{path}: '{key}' must be a mapping, got {type(sec).__name__}")
-    return sec
+    "Section `key` of a checked params file (empty when absent)."
+    return read_params(path).get(key) or {}
 
 def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0, out_params=None) -> dict:
     """Write the files a rehearsal profile names: the stand-in weight files where `train.pretrained` (with `{backbone}`) points, and
     each dataset's archive where `data.archives.<name>.file` says, checked against the declared `md5`. With `out_params`, a
     different MD5 is not an error: the profile is written there with the MD5s measured here. Returns what it wrote."""
     from reid_nb.data import make_archive, dataset_info
-    from reid_nb.train import atomic_write
     from reid_nb.backbone import save_release_checkpoint, weights_source
     doc = yaml.safe_load(Path(params).read_text()) if Path(params).is_file() else None
     if not isinstance(doc, dict): raise FileNotFoundError(f"{params}: no such params file (or not a mapping)")
@@ -235,96 +268,118 @@ def profile_command(name, current="params.yaml", exp_name: str | None = None, ex
     return cmd + list(extra)
 
 def _evaluate(args):
-    from reid_nb.evaluate import evaluate_run
+    from reid_nb.evaluate import evaluate_run, EvalConfig
     ev, data = {}, {}
     if args.params:
-        doc = yaml.safe_load(Path(args.params).read_text()) or {}
-        ev, data = doc.get("evaluate", {}) or {}, doc.get("data", {}) or {}
-        known = {"rerank", "flip", "metric", "topk", "device", "batch_size", "num_workers", "data_path"}
-        unknown = sorted(set(ev) - known)
-        if unknown: raise ValueError(f"{args.params}: unknown evaluate parameter(s) {unknown}; known: {sorted(known)}")
-    pick = lambda k, default: getattr(args, k) if getattr(args, k, None) is not None else ev.get(k, default)
-    res = evaluate_run(args.run, dataset=args.dataset or data.get("dataset"), data_root=args.data_root or data.get("root", "data"),
-                       metrics_out=args.metrics, ranking_out=args.ranking, rerank=pick("rerank", True), flip=pick("flip", True),
-                       metric=pick("metric", "cosine"), topk=pick("topk", 10), device=pick("device", "auto"),
-                       batch_size=pick("batch_size", 128), num_workers=ev.get("num_workers", 2), progress=not args.no_progress,
-                       data_path=ev.get("data_path", "resident"))
+        doc = read_params(args.params)
+        ev, data = doc.get("evaluate") or {}, doc.get("data") or {}
+    settings = dict(ev)
+    for f in dataclasses.fields(EvalConfig):
+        if getattr(args, f.name, None) is not None: settings[f.name] = getattr(args, f.name)
+    res = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root or data.get("root", "data"), metrics_out=args.metrics,
+                       ranking_out=args.ranking, progress=not args.no_progress, manifest=args.manifest, **settings)
     line = f"{res['variant']} on {res['dataset']}: mAP {res['mAP']:.2%}  R1 {res['rank1']:.2%}  R5 {res['rank5']:.2%}  mINP {res['mINP']:.2%}"
     if "rerank" in res: line += f"  | re-ranked: mAP {res['rerank']['mAP']:.2%}  R1 {res['rerank']['rank1']:.2%}"
     print(line)
 
-def _run(args):
-    if args.command == "train":
-        summary = fit(train_config_from_args(args), resume=args.resume, progress=not args.no_progress)
-        f = summary.get("final") or {}
-        print(f"trained {summary['variant']} on {summary['dataset']} for {summary['epochs']} epochs in {summary['seconds']:.0f} s "
-              f"(final loss {f.get('loss', float('nan')):.4f}, acc {f.get('acc', float('nan')):.3f})")
-    elif args.command == "evaluate": _evaluate(args)
-    elif args.command == "synth":
-        from reid_nb.data import make_synthetic
-        root = Path(args.root)
-        if root.exists() and any(root.iterdir()) and not args.force:
-            print(f"{root} exists; keeping it (use --force to regenerate)")
-        else:
-            print(f"wrote {make_synthetic(root, seed=args.seed)}")
-    elif args.command == "download":
-        from reid_nb.data import prepare_dataset
-        print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
-    elif args.command == "prepare":
-        from reid_nb.data import load_dataset
-        data = _section(args.params, "data") if args.params else {}
-        root = args.root or data.get("root", "data")
-        if args.dataset == "synthetic":
-            kw = dict(seed=args.seed if args.seed is not None else data.get("synthetic_seed", 0))
-        else:
-            decl = (data.get("archives") or {}).get(args.dataset) or {}
-            if not isinstance(decl, dict) or set(decl) - {"file", "md5"}:
-                raise ValueError(f"{args.params}: data.archives.{args.dataset} must be a mapping with keys file and md5, got {decl!r}")
-            if "md5" in decl and not isinstance(decl["md5"], str):
-                raise ValueError(f"{args.params}: data.archives.{args.dataset}.md5 must be a quoted string (YAML read {decl['md5']!r}, "
-                                 f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
-            kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
-        ds = load_dataset(args.dataset, root, **kw)
-        ds.stats()
-        if args.manifest:
-            from reid_nb.train import atomic_write
-            atomic_write(args.manifest, lambda tmp: Path(tmp).write_text(json.dumps(dataset_manifest(ds), indent=2)))
-        print(f"ready: {ds.root}")
-    elif args.command == "report":
-        from reid_nb.report import run_report
-        doc = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
-        params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
-                      profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [],
-                      seeds=doc.get("seeds") or [0])
-        nb, html = run_report(args.template, args.out, params)
-        print(f"wrote {nb} and {html}")
-    elif args.command == "bench":
-        from reid_nb.bench import run as _bench_run
-        _bench_run(args)
-    elif args.command == "make-rehearsal": make_rehearsal(args.params, seed=args.seed, out_params=args.out_params)
-    elif args.command == "profile":
-        cmd = profile_command(args.name, exp_name=args.exp_name)
-        print(" ".join(shlex.quote(c) for c in cmd), flush=True)
-        if not args.dry_run:
-            import shutil
-            exe = [shutil.which("dvc")] if shutil.which("dvc") else [sys.executable, "-m", "dvc"]   # the dvc of this environment
-            rc = subprocess.call(exe + cmd[1:])
-            if rc: raise ValueError(f"dvc exp run exited with status {rc}")
-    elif args.command == "variants":
-        from reid_nb.models import VARIANTS
-        for name, c in VARIANTS.items(): print(f"{name:10s} {json.dumps(c)}")
+def _train(args):
+    if sum((args.resume, args.resume_if_possible, args.overwrite)) > 1:
+        raise ValueError("--resume, --resume-if-possible and --overwrite exclude each other: pass one")
+    if args.allow_changes and not args.resume: raise ValueError("--allow-changes goes with --resume")
+    resume = "auto" if args.resume_if_possible else args.resume
+    summary = fit(train_config_from_args(args), resume=resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
+                  progress=not args.no_progress, manifest=args.manifest)
+    f = summary.get("final") or {}
+    print(f"trained {summary['variant']} on {summary['dataset']} for {summary['epochs']} epochs in {summary['seconds']:.0f} s "
+          f"(final loss {f.get('loss', float('nan')):.4f}, acc {f.get('acc', float('nan')):.3f})")
+
+def _synth(args):
+    from reid_nb.data import make_synthetic
+    root = Path(args.root)
+    if root.exists() and not root.is_dir(): raise NotADirectoryError(f"--root {root}: exists and is not a folder")
+    if root.exists() and any(root.iterdir()):
+        if not (root / "synthetic.json").is_file():
+            raise ValueError(f"{root} is not empty and holds no synthetic set made by reid_nb (no synthetic.json); refusing to replace it")
+        if not args.force: print(f"{root} exists; keeping it (use --force to regenerate)"); return
+    print(f"wrote {make_synthetic(root, seed=args.seed, overwrite=True)}")
+
+def _prepare(args):
+    from reid_nb.data import load_dataset, image_hashes
+    data = _section(args.params, "data") if args.params else {}
+    root = args.root or data.get("root", "data")
+    if args.dataset == "synthetic":
+        kw = dict(seed=args.seed if args.seed is not None else data.get("synthetic_seed", 0))
+    else:
+        decl = (data.get("archives") or {}).get(args.dataset) or {}
+        if not isinstance(decl, dict) or set(decl) - {"file", "md5"}:
+            raise ValueError(f"{args.params}: data.archives.{args.dataset} must be a mapping with keys file and md5, got {decl!r}")
+        if "md5" in decl and not isinstance(decl["md5"], str):
+            raise ValueError(f"{args.params}: data.archives.{args.dataset}.md5 must be a quoted string (YAML read {decl['md5']!r}, "
+                             f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
+        kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
+    ds = load_dataset(args.dataset, root, **kw)
+    ds.stats()
+    hashes = image_hashes(ds, decode=True, progress=True)          # every image decoded once: an unreadable one is refused here
+    if args.manifest:
+        atomic_write(args.manifest, lambda tmp: Path(tmp).write_text(json.dumps(dataset_manifest(ds, hashes), indent=2)))
+    print(f"ready: {ds.root} ({len(hashes)} images, all readable)")
+
+def _report(args):
+    from reid_nb.report import run_report
+    doc = read_params(args.params)
+    params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
+                  profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [],
+                  seeds=doc.get("seeds") or [0])
+    nb, html = run_report(args.template, args.out, params)
+    print(f"wrote {nb} and {html}")
+
+def _profile(args):
+    cmd = profile_command(args.name, exp_name=args.exp_name)
+    print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+    if not args.dry_run:
+        import shutil
+        exe = [shutil.which("dvc")] if shutil.which("dvc") else [sys.executable, "-m", "dvc"]   # the dvc of this environment
+        rc = subprocess.call(exe + cmd[1:])
+        if rc: raise ValueError(f"dvc exp run exited with status {rc}")
+
+def _download(args):
+    from reid_nb.data import prepare_dataset
+    print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
+
+def _bench(args):
+    from reid_nb.bench import run as _bench_run
+    _bench_run(args)
+
+def _variants(args):
+    for name, c in VARIANTS.items(): print(f"{name:10s} {json.dumps(c)}")
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "synth": _synth, "download": _download, "prepare": _prepare, "report": _report,
+            "bench": _bench, "profile": _profile, "variants": _variants,
+            "make-rehearsal": lambda a: make_rehearsal(a.params, seed=a.seed, out_params=a.out_params)}
+
+USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError, FolderLocked, DownloadError, yaml.YAMLError)
+
+def error_line(e: BaseException) -> str:
+    """The one-line message for an error: its text (a KeyError's without quotes; a data-loader worker's without the worker's
+    traceback); for an error that is not a user's (a bug), its type and a pointer to --debug."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "Original Traceback" in msg:                 # raised in a DataLoader worker: keep the original error's last line
+        msg = [l for l in msg.splitlines() if l.strip()][-1]
+    if not isinstance(e, USER_ERRORS): msg = f"{type(e).__name__}: {msg} (an internal error: rerun with --debug for the traceback)"
+    return msg
 
 def main(argv=None) -> int:
-    "Entry point of the `reid-nb` console script."
+    "Entry point of the `reid-nb` console script: every error ends in one line on stderr and a non-zero status (`--debug`: the traceback)."
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
-    try: _run(args)
-    except (ValueError, FileNotFoundError, DownloadError, ChecksumError, KeyError) as e:
+    try: COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"reid-nb {args.command}: interrupted", file=sys.stderr); return 130
+    except Exception as e:
         if args.debug: raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"reid-nb {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        print(f"reid-nb {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, USER_ERRORS) else 1
     return 0
 
 # %% ../nbs/32_cli.ipynb #8eb68abc

@@ -5,10 +5,13 @@
 # %% ../nbs/10_data.ipynb #924ff7e9
 from __future__ import annotations
 import hashlib, io, json, os, re, shutil, tempfile, warnings, zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 from .download import download_url, safe_extract, check_file, file_hash, parse_checksum
+from .core import staging_dir
+from .transforms import read_image, BadImageError
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
@@ -17,9 +20,10 @@ from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_cam
 _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
 
 # %% auto #0
-__all__ = ['NAME_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'SPLITS', 'SOURCE_FILE', 'ARCHIVE_NAMES', 'Record', 'parse_name',
-           'DatasetInfo', 'dataset_info', 'read_split', 'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset',
-           'archive_path', 'prepare_dataset', 'load_dataset', 'dataset_fingerprint', 'make_archive', 'make_synthetic',
+__all__ = ['NAME_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'SPLITS', 'SOURCE_FILE', 'MANIFEST_HASH_DIGITS', 'ARCHIVE_NAMES',
+           'Record', 'parse_name', 'DatasetInfo', 'dataset_info', 'read_split', 'ReIDData', 'dataset_dir',
+           'find_dataset', 'read_dataset', 'archive_path', 'prepare_dataset', 'load_dataset', 'image_hashes',
+           'fingerprint_of', 'dataset_fingerprint', 'check_manifest', 'make_archive', 'make_synthetic',
            'SyntheticConfig']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
@@ -75,7 +79,7 @@ def read_split(folder, num_cams: int, keep_distractors: bool) -> tuple[list[Reco
     folder = Path(folder)
     records, dropped = [], 0
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES: continue
+        if p.is_dir() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES: continue   # a broken link is kept: reading it names it
         try: pid, cam = parse_name(p.name)
         except ValueError as e: raise ValueError(f"{folder}/{e}") from None
         if not 1 <= cam <= num_cams:
@@ -213,7 +217,7 @@ def prepare_dataset(name: str, root, url: str | None = None, download: bool = Fa
     else:
         download_url(str(arc), arc, "md5:" + want)         # verify the copy in place (a bad one is set aside)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".extracting", dir=folder.parent))
+    staging = staging_dir(folder.parent, name)           # `.NAME.XXXX.tmpPID`: a killed extraction's is removed by the next one
     try:
         made = safe_extract(arc, staging, progress=progress)
         if not _has_layout(staging/info.folder):
@@ -230,6 +234,10 @@ def _prepare_synthetic(folder: Path, progress: bool = True, **kwargs) -> Path:
         if any((folder/s).exists() for s in SPLITS.values()): raise _layout_error("synthetic", folder)
         return make_synthetic(folder, progress=progress, **kwargs)
     meta = folder/"synthetic.json"
+    if not meta.is_file():
+        raise ValueError(f"{folder} holds a dataset in the Market-1501 layout, but not one that reid_nb generated (no synthetic.json); "
+                         "the synthetic set is made only by 'reid-nb synth' / 'reid-nb prepare synthetic': move that folder away, or "
+                         "use it under its own dataset name")
     if kwargs and meta.exists():
         have = json.loads(meta.read_text())
         diff = {k: (have.get(k), v) for k, v in kwargs.items() if have.get(k) != v}
@@ -243,14 +251,60 @@ def load_dataset(name: str, root, url: str | None = None, download: bool = False
     return read_dataset(name, prepare_dataset(name, root, url=url, download=download, progress=progress, **synthetic_kwargs))
 
 # %% ../nbs/10_data.ipynb #69016f42
+def image_hashes(ds: ReIDData, decode: bool = False, progress: bool = False) -> dict[str, str]:
+    """`{'split/relative path': SHA-256 hex}` of every image of `ds`, in the dataset's order. `decode`: also decode every image fully,
+    and raise `BadImageError` naming the unreadable ones (all of them, counted; the first few by name)."""
+    items = [(f"{split}/{Path(r.path).relative_to(ds.root).as_posix()}", r.path) for split in ("train", "query", "gallery")
+             for r in getattr(ds, split)]
+    def one(item):
+        key, path = item
+        try: digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as e: return key, None, f"{path}: cannot read ({type(e).__name__}: {e})"
+        if decode:
+            try: read_image(path)
+            except BadImageError as e: return key, digest, str(e)
+        return key, digest, None
+    out, bad = {}, []
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:       # hashing and decoding release the GIL
+        for key, digest, err in tqdm(ex.map(one, items), total=len(items), desc="check images" if decode else "hash images",
+                                     unit="img", disable=not progress):
+            if err: bad.append(err)
+            out[key] = digest
+    if bad:
+        raise BadImageError(f"{ds.name}: {len(bad)} of {len(items)} images cannot be read: " + "; ".join(bad[:3])
+                            + (f"; … ({len(bad) - 3} more)" if len(bad) > 3 else "") + ". Replace or remove them, then run the data stage again")
+    return out
+
+def fingerprint_of(hashes: dict[str, str]) -> str:
+    "One SHA-256 over `image_hashes`' keys and digests, in order."
+    h = hashlib.sha256()
+    for key, digest in hashes.items(): h.update(key.encode()); h.update(bytes.fromhex(digest))
+    return h.hexdigest()
+
 def dataset_fingerprint(ds: ReIDData) -> str:
     "SHA-256 over every image's split, relative path and content hash: one string naming exactly the images `ds` holds."
-    h = hashlib.sha256()
-    for split in ("train", "query", "gallery"):
-        for r in getattr(ds, split):
-            p = Path(r.path)
-            h.update(f"{split}/{p.relative_to(ds.root).as_posix()}".encode()); h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
+    return fingerprint_of(image_hashes(ds))
+
+MANIFEST_HASH_DIGITS = 16
+
+def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = None):
+    "Raise `ValueError` naming the first image that differs from `manifest` (the data stage's JSON: a path, or its dict)."
+    where = manifest if not isinstance(manifest, dict) else "the manifest"
+    if not isinstance(manifest, dict):
+        try: manifest = json.loads(Path(manifest).read_text())
+        except FileNotFoundError: raise FileNotFoundError(f"{where}: no such manifest; run the data stage (reid-nb prepare … --manifest {where}) first") from None
+        except ValueError as e: raise ValueError(f"{where}: not a readable manifest ({e})") from None
+    fp = fingerprint or fingerprint_of(hashes)
+    if manifest.get("fingerprint") == fp: return
+    fix = "the images changed after the data stage; run it again (dvc repro, or reid-nb prepare), or restore the images"
+    listed = manifest.get("images") or {}
+    for key, digest in hashes.items():
+        if key not in listed: raise ValueError(f"{key}: not in {where} (a new image): {fix}")
+        if not digest.startswith(listed[key]):
+            raise ValueError(f"{key}: differs from {where} (sha256 {listed[key]}… there, {digest[:len(listed[key])]}… now): {fix}")
+    for key in listed:
+        if key not in hashes: raise ValueError(f"{key}: listed in {where}, but missing now: {fix}")
+    raise ValueError(f"the images differ from {where} (fingerprint {str(manifest.get('fingerprint'))[:12]}… there, {fp[:12]}… now): {fix}")
 
 # %% ../nbs/10_data.ipynb #31adcf27
 ARCHIVE_NAMES = {    # how each release names a box: Market-1501 PPPP_cCsS_FFFFFF_BB.jpg, DukeMTMC-reID PPPP_cC_fFFFFFFF.jpg

@@ -10,10 +10,11 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from tqdm.auto import tqdm
+from .core import staging_dir
 
 # %% auto #0
-__all__ = ['ChecksumError', 'DownloadError', 'parse_checksum', 'file_hash', 'check_file', 'serve_dir', 'download_url',
-           'ArchiveError', 'safe_extract']
+__all__ = ['MAX_EXTRACT_BYTES', 'MAX_EXTRACT_RATIO', 'ChecksumError', 'DownloadError', 'parse_checksum', 'file_hash',
+           'check_file', 'serve_dir', 'download_url', 'ArchiveError', 'safe_extract']
 
 # %% ../nbs/00_download.ipynb #109e040b
 class ChecksumError(ValueError):
@@ -146,10 +147,17 @@ def download_url(url: str, dest, checksum: str | None = None, progress: bool = T
     return dest
 
 def _set_aside(path: Path, name: Path | None = None) -> Path:
-    "Move a file that failed its checksum to `<name>.bad` so it is never used, but not lost either."
-    bad = (name or path).with_name((name or path).name + ".bad")
-    os.replace(path, bad)
-    return bad
+    "Move a file that failed its checksum to `<name>.bad` (`.bad.1`, `.bad.2`, … if taken) so it is never used, nor lost, nor overwritten."
+    base = (name or path).with_name((name or path).name + ".bad")
+    for i in range(10_000):
+        bad = base if i == 0 else base.with_name(f"{base.name}.{i}")
+        try: os.link(path, bad)                  # fails if `bad` exists: never replaces an earlier bad copy
+        except FileExistsError: continue
+        except OSError:                          # no hard links here (some file systems): a check, then a rename
+            if bad.exists(): continue
+            os.replace(path, bad); return bad
+        os.unlink(path); return bad
+    raise FileExistsError(f"{base}: too many set-aside copies; delete some")
 
 # %% ../nbs/00_download.ipynb #a65bf2b8
 import stat, tarfile, tempfile, zipfile, zlib
@@ -185,23 +193,43 @@ def _tar_members(tf: tarfile.TarFile):
 # %% ../nbs/00_download.ipynb #2e2ac6ef
 _CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError)
 
-def safe_extract(archive, target, progress: bool = True) -> list[Path]:
-    "Extract the zip or tar `archive` into folder `target`, refusing unsafe members; returns the new top-level paths."
+MAX_EXTRACT_BYTES = 64 * 2**30      # 64 GiB: the largest ReID archives (MSMT17, ~4 GB unpacked) with room to spare
+MAX_EXTRACT_RATIO = 200             # unpacked / packed bytes: JPEG archives are ~1, text ~10; a zip bomb is 1,000 to 1,000,000
+
+def _check_size(archive: Path, sizes: list[int], target: Path, max_bytes: int, max_ratio: float):
+    "Refuse an archive that would unpack to more than `max_bytes`, expand more than `max_ratio`×, or not fit on the target's disk."
+    total, packed = sum(sizes), max(archive.stat().st_size, 1)
+    def gib(n):
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if n < 1024 or unit == "GiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            n /= 1024
+    if total > max_bytes:
+        raise ArchiveError(f"{archive}: unpacks to {gib(total)}, more than the limit of {gib(max_bytes)} (max_bytes); refusing to extract it")
+    if total / packed > max_ratio:
+        raise ArchiveError(f"{archive}: unpacks to {gib(total)} from {gib(packed)}, {total / packed:.0f}× its size, more than "
+                           f"the limit of {max_ratio:g}× (max_ratio; a zip bomb?); refusing to extract it")
+    free = shutil.disk_usage(target).free
+    if total > free: raise ArchiveError(f"{archive}: unpacks to {gib(total)}, but {target} has {gib(free)} free")
+
+def safe_extract(archive, target, progress: bool = True, max_bytes: int = MAX_EXTRACT_BYTES, max_ratio: float = MAX_EXTRACT_RATIO) -> list[Path]:
+    "Extract the zip or tar `archive` into folder `target`, refusing unsafe members and oversized archives; returns the new top-level paths."
     archive, target = Path(archive), Path(target)
     if not archive.is_file(): raise FileNotFoundError(f"{archive}: no such archive")
     target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extracting", dir=target))
+    tmp = staging_dir(target, archive.name)          # `.ARCHIVE.XXXX.tmpPID`; a killed extraction's is removed here
     try:
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as zf:
                     _check_members(archive, _zip_members(zf))
+                    _check_size(archive, [i.file_size for i in zf.infolist()], target, max_bytes, max_ratio)
                     for info in tqdm(zf.infolist(), desc=f"extract {archive.name}", unit="file", disable=not progress):
                         zf.extract(info, tmp)  # reads and checks each member's CRC
             elif tarfile.is_tarfile(archive):
                 with tarfile.open(archive) as tf:
                     members = tf.getmembers()  # reads every header: a truncated archive fails here or below
                     _check_members(archive, _tar_members(tf))
+                    _check_size(archive, [m.size for m in members], target, max_bytes, max_ratio)
                     kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                     for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
                         tf.extract(m, tmp, **kw)

@@ -4,25 +4,38 @@
 
 # %% ../nbs/31_evaluate.ipynb #d7457fe1
 from __future__ import annotations
-import json, math, time
+import dataclasses, json, math, time
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .models import model_from_config, count_flops, count_params
+from .models import model_from_config, count_flops, count_params, VARIANTS
 from .backbone import check_fits
-from .data import load_dataset, dataset_fingerprint
+from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment
 from .transforms import build_transforms, ImageDataset, decode_split, host_to_device, BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
-from .train import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed
+from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed, check_fields, from_mapping
 
 # %% auto #0
-__all__ = ['EVAL_PATHS', 'load_model', 'extract_features', 'topk_ranking', 'evaluate_run']
+__all__ = ['TRAINING_SET', 'EVAL_PATHS', 'check_variant', 'load_model', 'extract_features', 'EvalConfig', 'topk_ranking',
+           'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
+TRAINING_SET = ("input_size", "width", "pretrained")   # model-config keys set by the training profile, not by the variant
+
+def check_variant(meta: dict, where="config.json"):
+    "Refuse a run whose `variant` is not the architecture its `model_config` describes (the metrics are labelled with the variant)."
+    v, mc = meta.get("variant"), meta.get("model_config") or {}
+    if v not in VARIANTS: raise ValueError(f"{where}: variant {v!r} is not one of {', '.join(VARIANTS)}")
+    diff = {k: (mc.get(k), x) for k, x in VARIANTS[v].items() if k not in TRAINING_SET and mc.get(k) != x}
+    if diff:
+        raise ValueError(f"{where}: says variant {v!r}, but its model_config is another architecture ("
+                         + ", ".join(f"{k}: {a!r}, {v!r} has {b!r}" for k, (a, b) in diff.items()) + "); its metrics would carry the wrong label")
+
 def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     "Rebuild the model of a finished training run and load its weights; returns `(model in eval mode, config dict)`."
     from safetensors.torch import load_file
@@ -30,9 +43,15 @@ def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     cfg_path, w_path = run_dir / "config.json", run_dir / "model.safetensors"
     for p in (cfg_path, w_path):
         if not p.is_file(): raise FileNotFoundError(f"{p}: missing — is {run_dir} a finished training run (reid-nb train --out {run_dir})?")
-    meta = json.loads(cfg_path.read_text())
+    try: meta = json.loads(cfg_path.read_text())
+    except ValueError as e: raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    missing = [k for k in ("variant", "num_classes", "model_config") if k not in meta]
+    if missing: raise ValueError(f"{cfg_path}: lacks {', '.join(missing)}; is it a config.json written by reid-nb train?")
+    check_variant(meta, cfg_path)
     model = model_from_config(meta["model_config"], meta["num_classes"])   # no backbone download: the weights come next
-    sd = load_file(str(w_path))
+    try: sd = load_file(str(w_path))
+    except Exception as e:
+        raise ValueError(f"{w_path}: not a readable safetensors file ({type(e).__name__}: {e}); was its writer killed? Train the run again") from None
     check_fits(model, sd, f"{w_path}: weights do not fit variant {meta['variant']!r}")
     model.load_state_dict(sd)
     return model.to(device).eval(), meta
@@ -87,6 +106,32 @@ def extract_features(model, records, input_size, device="cpu", batch_size: int =
         out = full.to(device)
     return out
 
+# %% ../nbs/31_evaluate.ipynb #4ac0a1c1
+@dataclass
+class EvalConfig:
+    "How a trained run is evaluated: the `evaluate` section of params.yaml (`reid-nb evaluate` options win)."
+    rerank: bool = True              # also score with k-reciprocal re-ranking (k1=20, k2=6, λ=0.3)
+    flip: bool = True                # average each image's feature with that of its mirror image
+    metric: str = "cosine"           # cosine | euclidean distance between features
+    topk: int = 10                   # gallery items kept per query in ranking.json
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    batch_size: int = 128            # images per forward pass
+    num_workers: int = 2             # decoding threads (resident) or loader processes (classic)
+    data_path: str = "resident"      # resident: decode once, normalise batches on the device | classic: torchvision per image in workers
+
+    def __post_init__(self):
+        check_fields(self, "evaluate.")
+        if self.metric not in ("cosine", "euclidean"): raise ValueError(f"evaluate.metric={self.metric!r}: expected cosine or euclidean")
+        if self.data_path not in EVAL_PATHS: raise ValueError(f"evaluate.data_path={self.data_path!r}: expected one of {', '.join(EVAL_PATHS)}")
+        for k in ("topk", "batch_size"):
+            if getattr(self, k) < 1: raise ValueError(f"evaluate.{k}={getattr(self, k)}: expected a positive integer")
+        if self.num_workers < 0: raise ValueError(f"evaluate.num_workers={self.num_workers}: expected an integer ≥ 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalConfig":
+        "Build from a mapping; unknown keys are an error listing the known ones."
+        return from_mapping(cls, d, "evaluation parameter")
+
 # %% ../nbs/31_evaluate.ipynb #16a6b122
 def _summary(r: dict) -> dict:
     cmc = np.asarray(r["cmc"], dtype=float)
@@ -109,16 +154,22 @@ def topk_ranking(distmat: torch.Tensor, q_pids, g_pids, q_camids, g_camids, k: i
     return idx, vals
 
 def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", metrics_out=None, ranking_out=None,
-                 rerank: bool = True, metric: str = "cosine", flip: bool = True, topk: int = 10, device: str = "auto",
-                 batch_size: int = 128, num_workers: int = 2, progress: bool = True, data_path: str = "resident") -> dict:
-    "Evaluate a trained run on its dataset's query/gallery split; writes metrics (and ranking) JSON; returns the metrics."
-    if metric not in ("cosine", "euclidean"): raise ValueError(f"metric={metric!r}: expected cosine or euclidean")
+                 progress: bool = True, manifest=None, **settings) -> dict:
+    """Evaluate a trained run on its dataset's query/gallery split (or on `dataset`); writes metrics (and ranking) JSON; returns the
+    metrics. `settings` are `EvalConfig` fields; `manifest`: the data stage's manifest, against which the images are checked first."""
+    cfg = EvalConfig.from_dict(settings)
+    rerank, metric, flip, topk, device = cfg.rerank, cfg.metric, cfg.flip, cfg.topk, cfg.device
+    batch_size, num_workers, data_path = cfg.batch_size, cfg.num_workers, cfg.data_path
     dev = resolve_device(device)
     _, _, dev = init_distributed(dev)            # under torchrun: each rank extracts a share of the features
     if dev.type == "cpu": configure_cpu()
     model, meta = load_model(run_dir, dev)
     dataset = dataset or meta.get("dataset", "synthetic")
     ds = load_dataset(dataset, data_root)
+    rank, _, _ = dist_info()
+    hashes = image_hashes(ds) if rank == 0 else None
+    fp = fingerprint_of(hashes) if rank == 0 else None
+    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp)
     input_size = tuple(meta["model_config"]["input_size"])
     t0 = time.time()
     kw = dict(input_size=input_size, device=dev, batch_size=batch_size, flip=flip, num_workers=num_workers, progress=progress,
@@ -146,8 +197,7 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
         rr = torch.as_tensor(re_ranking(qg, qq, gg))
         reranked = evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50)
         res["rerank"] = _summary(reranked)
-    rank, _, _ = dist_info()
-    res["environment"] = environment(dev, dataset, dataset_fingerprint(ds) if rank == 0 else None)   # what computed these numbers
+    res["environment"] = environment(dev, dataset, fp)     # what computed these numbers
     res["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
     seconds = dict(features=t_feat, rerank=time.time() - t1)
     if rank == 0 and metrics_out:               # no wall times in the metrics: two runs of one commit write the same bytes

@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_train.ipynb #e68410ca
 from __future__ import annotations
-import collections, csv, dataclasses, json, math, os, time
+import collections, contextlib, csv, dataclasses, json, math, os, shutil, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
@@ -12,19 +12,22 @@ import torch.distributed as dist
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
+from .core import (resolve_device, configure_cpu, auto_on, amp_dtype, atomic_write, sweep_orphans, FolderLock, dist_info,
+                          init_distributed, barrier, broadcast, check_fields, from_mapping)
 from .backbone import check_width
 from .models import build_model, VARIANTS
-from .data import load_dataset, dataset_fingerprint
+from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment, without_timings
 from .sampler import PKSampler
 from .losses import ReIDLoss
 from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
 
 # %% auto #0
-__all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'lr_at', 'atomic_write',
-           'save_checkpoint', 'read_checkpoint', 'restore_optimizer', 'model_state', 'check_compatible', 'dist_info',
-           'init_distributed', 'barrier', 'sample_seed', 'SeededSamples', 'TrainBatches', 'NonFiniteLoss', 'TrainStep',
-           'RunningStats', 'param_groups', 'set_lr', 'build_training', 'fit', 'HostReads']
+__all__ = ['LOG_FIELDS', 'RUN_FILES', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'TrainConfig', 'lr_at', 'save_checkpoint',
+           'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state', 'check_compatible',
+           'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'NonFiniteLoss', 'TrainStep',
+           'RunningStats', 'param_groups', 'set_lr', 'build_training', 'run_files', 'setting_changes', 'plan_run',
+           'clear_run', 'Checkpointer', 'fit', 'HostReads']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -66,38 +69,48 @@ class TrainConfig:
     ckpt_every: int = 0                        # also checkpoint every N batches (0: at the end of each epoch only)
     log_every: int = 50                        # read the running statistics (progress bar, non-finite check) every N batches
     max_batches: int = 0                       # cap on batches per epoch (0: the sampler's full epoch); for smoke tests
+    diverge_factor: float = 1000.0             # stop when a batch's loss passes this multiple of the run's first loss (0: never)
 
     def __post_init__(self):
-        self.input_size, self.milestones = tuple(self.input_size), tuple(self.milestones)
         for k in ("channels_last", "gpu_data"):     # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
             if isinstance(getattr(self, k), bool): setattr(self, k, "on" if getattr(self, k) else "off")
         if self.amp is False: self.amp = "off"
+        check_fields(self)                          # types: "no" is not a bool, "1e-3" is a number (see 28_core)
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
         choices = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"),
                        channels_last=("auto", "on", "off"), gpu_data=("auto", "on", "off"))
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
-        for k in ("epochs", "P", "K", "log_every"):
+        for k in ("epochs", "K", "log_every"):
             if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected a positive integer")
+        if self.P < 2: raise ValueError(f"P={self.P}: the batch-hard triplet loss needs at least 2 identities per batch (with one there are no negatives, and the loss is 0)")
+        if self.K < 2: raise ValueError(f"K={self.K}: the triplet loss needs at least 2 images per identity")
+        for k in ("max_batches", "ckpt_every", "num_workers", "warmup_epochs"):
+            if getattr(self, k) < 0: raise ValueError(f"{k}={getattr(self, k)}: expected an integer ≥ 0" + (" (0: the full epoch)" if k == "max_batches" else ""))
         check_width(self.width)
-        for k in ("flip_p", "erase_p"):
-            if not 0 <= getattr(self, k) <= 1: raise ValueError(f"{k}={getattr(self, k)}: expected a probability in [0, 1]")
+        if not self.lr > 0: raise ValueError(f"lr={self.lr}: expected a positive learning rate")
+        if not self.gamma > 0: raise ValueError(f"gamma={self.gamma}: expected a positive factor (a step multiplies the rate by it; ≤ 0 would stop or reverse the descent)")
+        if not 0 < self.warmup_factor <= 1: raise ValueError(f"warmup_factor={self.warmup_factor}: expected a fraction in (0, 1]")
+        if any(m < 1 for m in self.milestones): raise ValueError(f"milestones={list(self.milestones)}: expected epochs ≥ 1")
+        for k, lo, hi in (("flip_p", 0, 1), ("erase_p", 0, 1)):
+            if not lo <= getattr(self, k) <= hi: raise ValueError(f"{k}={getattr(self, k)}: expected a probability in [0, 1]")
+        if not 0 <= self.label_smoothing < 1: raise ValueError(f"label_smoothing={self.label_smoothing}: expected a value in [0, 1)")
+        for k in ("weight_decay", "margin", "center_weight"):
+            if getattr(self, k) < 0: raise ValueError(f"{k}={getattr(self, k)}: expected a value ≥ 0")
+        if self.diverge_factor != 0 and not self.diverge_factor > 1:
+            raise ValueError(f"diverge_factor={self.diverge_factor}: expected a factor > 1 (or 0 to never stop on a growing loss)")
         if self.pad < -1: raise ValueError(f"pad={self.pad}: expected pixels (≥ 0) or -1 (scaled to the input size)")
-        if not (isinstance(self.new_lr_mult, (int, float)) and not isinstance(self.new_lr_mult, bool) and self.new_lr_mult > 0):
+        if not self.new_lr_mult > 0:
             raise ValueError(f"new_lr_mult={self.new_lr_mult!r}: expected a positive number (1: the base rate)")
         if self.new_lr_mult != 1 and self.pretrained is None:
             raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but pretrained is None "
                              "(from scratch every layer is new): set pretrained or leave new_lr_mult at 1")
-        if self.K < 2: raise ValueError(f"K={self.K}: the triplet loss needs at least 2 images per identity")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         "Build from a mapping (e.g. a section of params.yaml); unknown keys are an error listing the known ones."
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown: raise ValueError(f"unknown training parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, "training parameter")
 
     @property
     def crop_pad(self) -> int:
@@ -110,35 +123,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-# %% ../nbs/30_train.ipynb #d8e2559d
-def resolve_device(name: str = "auto") -> torch.device:
-    "A `torch.device` for 'auto', 'cpu', 'cuda' or 'cuda:N'; asking for CUDA without it is an error."
-    if name == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try: dev = torch.device(name)
-    except RuntimeError: raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available(): raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine (use device=cpu or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif dev.type != "cpu": raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return dev
-
-def configure_cpu():
-    "Flush denormal floats to zero on the CPU: randomly initialised networks produce them, and x86 arithmetic on denormals is 10–20× slower."
-    torch.set_flush_denormal(True)
-
-def auto_on(flag: str, device: torch.device) -> bool:
-    "An 'auto' | 'on' | 'off' switch resolved for `device`: 'auto' means on for CUDA."
-    return flag == "on" or (flag == "auto" and device.type == "cuda")
-
-def amp_dtype(device: torch.device, amp: str = "auto"):
-    "The autocast dtype for `amp` on `device` (None: full precision)."
-    if amp == "off": return None
-    if amp == "auto":
-        if device.type != "cuda": return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
 # %% ../nbs/30_train.ipynb #d2cc2c03
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
     "Learning rate for (0-based) `epoch`."
@@ -150,18 +134,6 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
     return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
 # %% ../nbs/30_train.ipynb #d547650e
-def atomic_write(path, write_fn):
-    "Call `write_fn(tmp_path)`, fsync, then atomically rename the temporary file to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def save_checkpoint(path, model: nn.Module, optimizer=None, meta: dict | None = None, extra: dict | None = None):
     "Write model (+ optimiser state, + `extra` tensors) and JSON `meta` to one safetensors file, atomically."
     from safetensors.torch import save_file
@@ -187,6 +159,24 @@ def read_checkpoint(path) -> tuple[dict, dict]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
     return tensors, meta
+
+def read_meta(path) -> dict:
+    "The JSON metadata of a checkpoint (position, configs, history), without loading its tensors."
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no checkpoint there")
+    try:
+        with safe_open(str(path), framework="pt") as f: return json.loads((f.metadata() or {}).get("reid_nb", "{}"))
+    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
+
+def all_finite(*objs) -> bool:
+    "Whether every floating-point tensor of the modules / optimisers `objs` (parameters, buffers, optimiser state) is finite."
+    ts = []
+    for o in objs:
+        if isinstance(o, nn.Module): ts += [t for t in o.state_dict().values() if t.is_floating_point()]
+        elif isinstance(o, torch.optim.Optimizer):
+            ts += [t for st in o.state.values() for t in st.values() if torch.is_tensor(t) and t.is_floating_point()]
+    return not ts or bool(torch.stack([torch.isfinite(t).all() for t in ts]).all())
 
 def restore_optimizer(optimizer, tensors: dict, meta: dict):
     "Load the optimiser state saved by `save_checkpoint` into `optimizer`."
@@ -218,25 +208,6 @@ def check_compatible(meta: dict, variant: str, num_classes: int, model_config: d
     diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
     if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
 
-# %% ../nbs/30_train.ipynb #8cd5709a
-def dist_info() -> tuple[int, int, int]:
-    "(rank, local_rank, world_size) from the process group, or torchrun's environment, or (0, 0, 1)."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    "Join the process group when launched by torchrun; returns (rank, world_size, this rank's device)."
-    rank, local_rank, world = dist_info()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda": torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
-    if device.type == "cuda" and world > 1: device = torch.device("cuda", local_rank)
-    return rank, world, device
-
-def barrier():
-    if dist.is_available() and dist.is_initialized(): dist.barrier()
-
 # %% ../nbs/30_train.ipynb #e9ad511b
 def sample_seed(seed: int, epoch: int, batch: int, pos: int = 0) -> int:
     "A reproducible 63-bit seed for one sample (or one batch, pos=0) of one epoch."
@@ -252,6 +223,16 @@ class SeededSamples(torch.utils.data.Dataset):
             torch.manual_seed(s)
             return self.ds[idx]
 
+def resident_size(sizes, input_size) -> tuple[int, int]:
+    """The size a split is cached at on the resident path: the images' own size when they all share one that holds at most 4× the
+    input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device, and the cache is 4× smaller than
+    at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images — the input size. Never the first image's size."""
+    sizes, (H, W) = set(map(tuple, sizes)), tuple(input_size)
+    if len(sizes) == 1:
+        h, w = next(iter(sizes))
+        if h * w <= 4 * H * W: return (h, w)
+    return (H, W)
+
 class TrainBatches:
     "Yields `(images, pids, indices)` for batches `start..` of an epoch, on the CPU loader path or the device-resident path."
     def __init__(self, records, sampler: PKSampler, cfg: TrainConfig, device: torch.device, gpu: bool, num_classes: int | None = None):
@@ -260,10 +241,7 @@ class TrainBatches:
         if num_classes is not None and len(self.pids) and (int(self.pids.min()) < 0 or int(self.pids.max()) >= num_classes):
             raise ValueError(f"training labels must lie in [0, {num_classes}), got [{int(self.pids.min())}, {int(self.pids.max())}]")
         if gpu:
-            # one common size (Market-1501's 128×64): keep it, BatchAugment resizes on the device; mixed sizes (DukeMTMC-reID):
-            # every image decoded to the input size. Never the first image's size for all.
-            sizes = set(image_sizes(records))                                   # read once, from the file headers
-            size = sizes.pop() if len(sizes) == 1 else cfg.input_size
+            size = resident_size(image_sizes(records), cfg.input_size)        # the headers, read once
             self.cache = decode_split(records, size=size).to(device)
             self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
             self.pids = self.pids.to(device)
@@ -297,7 +275,7 @@ class TrainBatches:
 LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
 
 class NonFiniteLoss(FloatingPointError):
-    "The loss became NaN or infinite."
+    "Training diverged: a NaN or infinite loss or weight, or a loss past `diverge_factor` times the run's first one."
 
 def _params_digest(model: nn.Module) -> str:
     "SHA-256 of the parameters (not the buffers: BN running statistics are rank-local until DDP broadcasts rank 0's)."
@@ -334,17 +312,20 @@ class TrainStep:
         return loss, parts, logits
 
 class RunningStats:
-    """An epoch's running sums (loss, its parts, correct predictions) and the first non-finite loss, kept on the training device.
-    `add` queues a few tensor operations; `read` waits for the device once and returns them as numbers."""
+    """An epoch's running sums (loss, its parts, correct predictions), the first non-finite loss and the first loss past
+    `diverge_factor` × the run's first loss (`ref`), kept on the training device. `add` queues a few tensor operations; `check`
+    and `read` each wait for the device once."""
     KEYS = ("loss", "ce", "triplet", "center", "correct")
 
-    def __init__(self, device: torch.device, state: dict | None = None, world: int = 1):
-        self.device, self.world = device, world
+    def __init__(self, device: torch.device, state: dict | None = None, world: int = 1, ref: float | None = None,
+                 diverge_factor: float = 0.0):
+        self.device, self.world, self.factor = device, world, float(diverge_factor)
         state = state or {}
         self.sums = host_to_device(torch.tensor([float(state.get(k, 0.0)) for k in self.KEYS], dtype=torch.float64), device)
         self.images, self.seconds = int(state.get("images", 0)), float(state.get("seconds", 0.0))
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)     # the first batch with a non-finite loss
-        self.bad_loss = torch.zeros((), device=device)
+        self.ref = torch.full((), math.nan if ref is None else float(ref), device=device)   # the run's first loss (NaN: not seen yet)
+        self.first_bad = torch.full((2,), -1, dtype=torch.long, device=device)   # the first batch with a non-finite / a diverged loss
+        self.bad_loss = torch.zeros(2, device=device)
 
     def add(self, loss, parts: dict, logits, y, batch: int):
         "Accumulate one batch (no host read: on a GPU this only queues kernels)."
@@ -353,23 +334,28 @@ class RunningStats:
         vals = torch.stack([loss, parts["ce"].float(), parts["triplet"].float(), parts.get("center", zero).float()]).double() * n
         correct = (logits.detach().argmax(1) == y).sum().double()
         self.sums += torch.cat([vals, correct[None]])
-        new = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(new, batch, self.first_bad)
-        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        self.ref = torch.where(torch.isnan(self.ref), loss, self.ref)
+        bad = torch.stack([~torch.isfinite(loss), (loss > self.factor * self.ref) & (self.factor > 0)]) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, batch, self.first_bad)
+        self.bad_loss = torch.where(bad, loss, self.bad_loss)
         self.images += n
 
     def check(self, epoch: int, what: str):
-        "Raise `NonFiniteLoss` if any rank has seen a non-finite loss (one read of the device; all ranks call it together)."
+        "Raise `NonFiniteLoss` if any rank has seen a non-finite or a diverged loss (one read of the device; all ranks call it together)."
         bad = self.first_bad.clone()
         if self.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        b = int(bad)
-        if b >= 0:
-            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss)}) at epoch {epoch + 1}, batch {b + 1}: training stopped; {what}")
+        nonfinite, diverged = bad.tolist()
+        if nonfinite >= 0:
+            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss[0])}) at epoch {epoch + 1}, batch {nonfinite + 1}: training stopped; {what}")
+        if diverged >= 0:
+            raise NonFiniteLoss(f"the loss diverged: {float(self.bad_loss[1]):.4g} at epoch {epoch + 1}, batch {diverged + 1}, more than "
+                                f"{self.factor:g}× the run's first loss ({float(self.ref):.4g}; train.diverge_factor): training stopped; {what}")
 
     def read(self) -> dict:
-        "The sums as a dict of numbers (the format a checkpoint stores as `running`)."
-        s = self.sums.tolist()
-        return dict(zip(self.KEYS, s), correct=int(round(s[-1])), images=self.images, seconds=self.seconds)
+        "The sums as a dict of numbers (the format a checkpoint stores as `running`), and the run's first loss as `loss_ref`."
+        s = torch.cat([self.sums, self.ref.double()[None]]).tolist()
+        ref = None if math.isnan(s[-1]) else s[-1]
+        return dict(zip(self.KEYS, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds, loss_ref=ref)
 
 def param_groups(model, criterion, new_lr_mult: float = 1.0) -> list[dict]:
     """The optimiser's parameter groups: everything at the base rate, except, when pretrained weights were loaded, the layers
@@ -399,11 +385,126 @@ def build_training(cfg: TrainConfig, num_classes: int, device: torch.device, fus
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
     return model, criterion, opt, dtype, scaler, cl
 
-def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    "Train `cfg.variant` on `cfg.dataset`; returns a summary dict (also written to `out/train_summary.json`)."
-    out = Path(cfg.out)
+# %% ../nbs/30_train.ipynb #663d76d4
+RUN_FILES = ("last.safetensors", "model.safetensors", "config.json", "log.csv", "train_summary.json", "eval_summary.json",
+             "ranking.json", "ranks")                                  # what a run writes into its folder
+FINAL_FILES = ("model.safetensors", "config.json", "train_summary.json", "eval_summary.json", "ranking.json")
+RESULT_NEUTRAL = ("out", "data_root", "num_workers", "log_every", "ckpt_every")   # settings that do not change the trained model
+RUN_MODES = ("new", "overwrite", "resume", "auto")
+
+def run_files(out) -> list[str]:
+    "The files of a run present in folder `out`."
+    return [f for f in RUN_FILES if (Path(out) / f).exists()]
+
+def setting_changes(meta: dict, cfg: TrainConfig, fingerprint: str | None = None) -> dict:
+    "`{setting: (in the checkpoint, now)}` for each setting that shapes the model and differs from checkpoint `meta`'s, and the dataset."
+    saved, now = meta.get("train_config") or {}, cfg.to_dict()
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL and saved.get(k) != v}
+    was = meta.get("dataset_fingerprint")
+    if fingerprint and was and was != fingerprint: diff["dataset (fingerprint)"] = (was[:12], fingerprint[:12])
+    return diff
+
+def _listing(changes: dict) -> str: return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items())
+
+def plan_run(out, mode: str, cfg: TrainConfig, num_classes: int, model_config: dict, fingerprint: str | None = None,
+             allow_changes: bool = False) -> dict:
+    """What `fit` does with run folder `out` in `mode` (see the table): `{'start': 'fresh' | 'resume', 'clear': [files to remove
+    first], 'history': [...], 'note': what to print}`; refusals are errors that say what is there and what to pass."""
+    if mode not in RUN_MODES: raise ValueError(f"mode={mode!r}: expected one of {', '.join(RUN_MODES)}")
+    out = Path(out); ckpt, have = out / "last.safetensors", run_files(out)
+    fresh = dict(start="fresh", clear=have, history=[], note="")
+    if mode == "overwrite": return dict(fresh, note=f"--overwrite: removed the previous run's {', '.join(have)}" if have else "")
+    if mode == "new":
+        if have: raise FileExistsError(f"{out} already holds a run ({', '.join(have)}); pass --resume to continue it, or --overwrite to replace it")
+        return fresh
+    if not ckpt.is_file():
+        if mode == "resume" and have:
+            raise FileExistsError(f"--resume: {out} has no checkpoint (last.safetensors) to continue from, but holds {', '.join(have)}; "
+                                  "pass --overwrite to replace that run")
+        return dict(fresh, note=f"no checkpoint at {ckpt}: starting from scratch")
+    meta = read_meta(ckpt)
+    try: check_compatible(meta, cfg.variant, num_classes, model_config, ckpt)
+    except ValueError as e:
+        if mode == "auto": return dict(fresh, note=f"{e}: starting over")
+        raise
+    changes = setting_changes(meta, cfg, fingerprint)
+    if changes and mode == "auto": return dict(fresh, note=f"{ckpt} was written with other settings ({_listing(changes)}): starting over")
+    if changes and not allow_changes:
+        raise ValueError(f"--resume: {ckpt} was written with other settings ({_listing(changes)}); the result would be a model that no "
+                         "single config describes. Pass --overwrite to start over, or --allow-changes to continue with the new values "
+                         "(recorded in config.json's history)")
+    step = dict(epoch=meta.get("epoch"), batch=meta.get("batch"), changed={k: [a, b] for k, (a, b) in changes.items()})
+    return dict(start="resume", clear=[f for f in FINAL_FILES if f in have] if changes else [],
+                history=list(meta.get("history") or []) + ([step] if changes else []),
+                note=f"resuming {ckpt} at epoch {meta.get('epoch')}, batch {meta.get('batch')}"
+                     + (f", with changed settings ({_listing(changes)}), recorded in the run's history" if changes else ""))
+
+def clear_run(out, names):
+    "Remove the run files `names` from folder `out`."
+    for n in names:
+        p = Path(out) / n
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        elif p.exists() or p.is_symlink(): p.unlink()
+
+# %% ../nbs/30_train.ipynb #bca3bf82
+class Checkpointer:
+    "Saves the training state to `path` (rank 0 writes, every rank checks) only when it is finite, and names the last good one."
+    def __init__(self, path, model, optimizer, criterion, meta: dict, rank: int = 0):
+        self.path, self.model, self.opt, self.criterion, self.meta, self.rank = Path(path), model, optimizer, criterion, meta, rank
+        self.saved = None                                  # (epoch, batch) of the last checkpoint known to be good
+
+    def last_good(self) -> str:
+        "A sentence naming the last good checkpoint, for an error message."
+        if self.saved is None: return "no checkpoint was written"
+        e, b = self.saved
+        return (f"the last good checkpoint is {self.path} (epoch {e}, batch {b}): continue from it with --resume "
+                "(with --allow-changes after changing what made it diverge)")
+
+    def save(self, epoch: int, batch: int, running: dict | None, log: list, loss_ref: float | None = None):
+        "Checkpoint the state after `batch` batches of 0-based `epoch` (batch 0 of the next epoch at an epoch's end)."
+        if not all_finite(self.model, self.opt, self.criterion):
+            raise NonFiniteLoss(f"non-finite weights after epoch {epoch + (batch > 0)}, batch {batch}: training stopped "
+                                f"before saving them; {self.last_good()}")
+        if self.rank == 0:
+            extra = {f"criterion.{k}": v for k, v in self.criterion.state_dict().items()} | {"rng.torch": torch.get_rng_state()}
+            save_checkpoint(self.path, self.model, self.opt, extra=extra,
+                            meta=dict(self.meta, epoch=epoch, batch=batch, running=running, log=log, loss_ref=loss_ref))
+        self.saved = (epoch, batch)
+
+    def restore(self) -> dict:
+        "Load model, criterion, optimiser and RNG state from `path` on every rank; returns the checkpoint's metadata."
+        tensors, meta = read_checkpoint(self.path)
+        self.model.load_state_dict(model_state(tensors))
+        crit = {k[len("criterion."):]: v for k, v in tensors.items() if k.startswith("criterion.")}
+        if crit: self.criterion.load_state_dict(crit)
+        restore_optimizer(self.opt, tensors, meta)
+        if "rng.torch" in tensors: torch.set_rng_state(tensors["rng.torch"])
+        self.saved = (meta["epoch"], meta["batch"])
+        return meta
+
+# %% ../nbs/30_train.ipynb #5db1a03e
+def _mode(resume, overwrite: bool) -> str:
+    "The run-folder mode of `fit`'s `resume` (False | True | 'auto') and `overwrite` arguments."
+    if resume not in (False, True, "auto"): raise ValueError(f"resume={resume!r}: expected False, True or 'auto'")
+    if overwrite and resume: raise ValueError("--overwrite replaces the run that --resume would continue: pass one of them")
+    return "overwrite" if overwrite else "auto" if resume == "auto" else "resume" if resume else "new"
+
+def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False, allow_changes: bool = False,
+        manifest=None) -> dict:
+    """Train `cfg.variant` on `cfg.dataset` into folder `cfg.out`; returns a summary dict (also written to `out/train_summary.json`).
+    `resume`: False (a new run), True (continue the folder's run) or 'auto' (continue when its settings match, else start over);
+    `overwrite`: replace the folder's run; `allow_changes`: let `resume` continue with other settings (recorded in the history);
+    `manifest`: the data stage's manifest, against which the images are checked first."""
+    mode, out = _mode(resume, overwrite), Path(cfg.out)
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
     device = resolve_device(cfg.device)
     rank, world, device = init_distributed(device)
+    with FolderLock(out, f"reid-nb train {cfg.variant}") if rank == 0 else contextlib.nullcontext():
+        if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
+        return _fit(cfg, mode, allow_changes, progress, manifest, rank, world, device)
+
+def _fit(cfg, mode, allow_changes, progress, manifest, rank, world, device) -> dict:
+    out = Path(cfg.out)
     if device.type == "cpu": configure_cpu()
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -412,12 +513,20 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
 
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    env = environment(device, cfg.dataset, dataset_fingerprint(ds) if rank == 0 else None)   # code, libraries, device, data (rank 0 writes it)
+    hashes = image_hashes(ds) if rank == 0 else None          # every image's bytes, read once (rank 0)
+    fp = fingerprint_of(hashes) if rank == 0 else None
+    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp)
+    env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     gpu_data = auto_on(cfg.gpu_data, device)
     data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
     model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device)
 
+    plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, model.config, fp, allow_changes) if rank == 0 else None)
+    if rank == 0:
+        clear_run(out, plan["clear"])
+        if plan["note"]: print(plan["note"])
+    barrier()
     new = model.describe_new()                                              # None when trained from scratch
     if rank == 0 and new is not None:
         src = model.pretrained_from
@@ -427,35 +536,20 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
               f"not in the checkpoint: {new['tensors']} tensors, {new['parameters']:,} parameters in "
               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {cfg.new_lr_mult:g})")
     meta_base = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
-                     dataset=cfg.dataset)
-    ckpt = out / "last.safetensors"
-    start_epoch, start_batch, rows, acc_state = 0, 0, [], None
-    if resume and ckpt.exists():
-        tensors, meta = read_checkpoint(ckpt)
-        check_compatible(meta, cfg.variant, ds.num_train_pids, model.config, ckpt)
-        model.load_state_dict(model_state(tensors))
-        crit_sd = {k[10:]: v for k, v in tensors.items() if k.startswith("criterion.")}
-        if crit_sd: criterion.load_state_dict(crit_sd)
-        restore_optimizer(opt, tensors, meta)
-        if "rng.torch" in tensors: torch.set_rng_state(tensors["rng.torch"])
-        start_epoch, start_batch, acc_state = meta["epoch"], meta["batch"], meta.get("running")
+                     dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
+    ckpt = Checkpointer(out / "last.safetensors", model, opt, criterion, meta_base, rank)
+    start_epoch, start_batch, rows, acc_state, ref = 0, 0, [], None, None
+    if plan["start"] == "resume":
+        meta = ckpt.restore()
+        start_epoch, start_batch, acc_state, ref = meta["epoch"], meta["batch"], meta.get("running"), meta.get("loss_ref")
         rows = [r for r in meta.get("log", []) if r["epoch"] < start_epoch]
-        if rank == 0: print(f"resuming {ckpt} at epoch {start_epoch}, batch {start_batch}")
-    elif resume and rank == 0:
-        print(f"--resume: no checkpoint at {ckpt}, starting from scratch")
+    else:
+        ckpt.save(0, 0, None, rows)                       # the starting point: a good checkpoint exists before the first step
 
     net = model
     if cfg.compile: net = torch.compile(net)
     if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
     step = TrainStep(net, criterion, opt, device, dtype, cl, world, scaler)
-
-    def save(epoch, batch, running):
-        if rank != 0: return
-        extra = {f"criterion.{k}": v for k, v in criterion.state_dict().items()} | {"rng.torch": torch.get_rng_state()}
-        save_checkpoint(ckpt, model, opt, meta=dict(meta_base, epoch=epoch, batch=batch, running=running, log=rows), extra=extra)
-
-    def last_good(): return f"the last good checkpoint is {ckpt if ckpt.exists() else '(none written yet)'}"
 
     seen = {}
     t_start = time.time()
@@ -465,7 +559,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
         net.train(); criterion.train()
         n_batches = len(data.epoch_batches(epoch))
         first = start_batch if epoch == start_epoch else 0
-        stats = RunningStats(device, acc_state if (epoch == start_epoch and acc_state) else None, world)
+        stats = RunningStats(device, acc_state if (epoch == start_epoch and acc_state) else None, world, ref, cfg.diverge_factor)
         bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
         t0 = time.time()
         try:
@@ -476,26 +570,26 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
                 bar.update(1)
                 ckpt_now = cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
                 if ckpt_now or (b + 1) % cfg.log_every == 0:        # the only reads of the device inside an epoch
-                    stats.check(epoch, last_good())
+                    stats.check(epoch, ckpt.last_good())
                     r = stats.read(); elapsed = r["seconds"] + time.time() - t0
                     bar.set_postfix(loss=f"{r['loss'] / max(r['images'], 1):.3f}", acc=f"{r['correct'] / max(r['images'], 1):.3f}",
                                     img_s=f"{r['images'] * world / max(elapsed, 1e-9):.1f}")
-                    if ckpt_now: save(epoch, b + 1, dict(r, seconds=elapsed))
-            stats.check(epoch, last_good())
+                    if ckpt_now: ckpt.save(epoch, b + 1, dict(r, seconds=elapsed), rows, r["loss_ref"])
+            stats.check(epoch, ckpt.last_good())
         finally:
             bar.close()
         r = stats.read()
         r["seconds"] += time.time() - t0
-        m = max(r["images"], 1)
+        ref, m = r["loss_ref"], max(r["images"], 1)
         rows.append(dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
                          acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
                          images_per_s=r["images"] * world / max(r["seconds"], 1e-9)))
+        ckpt.save(epoch + 1, 0, None, rows, ref)                 # checked first: a diverged epoch leaves no row and no checkpoint
         if rank == 0:
             r = rows[-1]
             print(f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
                   f"acc {r['acc']:.3f} lr {lr:.2e} {r['images_per_s']:.1f} img/s")
             _write_log(out / "log.csv", rows)
-        save(epoch + 1, 0, None)
         barrier()
 
     summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world, device=str(device),
@@ -514,7 +608,6 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     barrier()
     return summary
-
 
 # %% ../nbs/30_train.ipynb #e119b451
 class HostReads(TorchFunctionMode):

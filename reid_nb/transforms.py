@@ -17,8 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'build_transforms', 'BadImageError', 'read_image', 'filter_readable', 'ImageDataset',
-           'image_sizes', 'decode_split', 'host_to_device', 'BatchAugment']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MAX_PIXELS', 'build_transforms', 'BadImageError', 'read_image', 'filter_readable',
+           'ImageDataset', 'image_sizes', 'decode_split', 'host_to_device', 'BatchAugment']
 
 # %% ../nbs/13_transforms.ipynb #783a3d5b
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,13 +46,26 @@ def build_transforms(input_size=(256, 128), train: bool = True, flip_p: float = 
 class BadImageError(OSError):
     "An image file that cannot be decoded."
 
+MAX_PIXELS = 50_000_000      # a person crop is a few thousand to ~100,000 pixels; 50 M is a panorama, or a decompression bomb
+_PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+def _open_checked(path) -> Image.Image:
+    "Open `path` (header only) and refuse an image of more than `MAX_PIXELS` before its pixels are decoded."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)       # our own limit, below, is lower
+        im = Image.open(path)
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise ValueError(f"{im.width}×{im.height} pixels is more than MAX_PIXELS={MAX_PIXELS:,} (a decompression bomb, or not a person crop)")
+    return im
+
 def read_image(path) -> Image.Image:
-    "The RGB image at `path`, fully decoded; any failure is a `BadImageError` naming the file."
+    "The RGB image at `path`, fully decoded; any failure (a corrupt, empty or huge file, a dangling link) is a `BadImageError` naming it."
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.load()
             return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except _PIL_ERRORS as e:
         raise BadImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 def filter_readable(records: Sequence, warn: bool = True) -> tuple[list, list[tuple[str, str]]]:
@@ -98,8 +111,8 @@ def image_sizes(records: Sequence) -> list[tuple[int, int]]:
     for r in records:
         path = r.path if hasattr(r, "path") else r
         try:
-            with Image.open(path) as im: out.append((im.height, im.width))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            with _open_checked(path) as im: out.append((im.height, im.width))
+        except _PIL_ERRORS as e:
             raise BadImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
     return out
 
