@@ -312,6 +312,10 @@ ARCHIVE_NAMES = {    # how each release names a box: Market-1501 PPPP_cCsS_FFFFF
     "dukemtmc": lambda pid, cam, frame, box: f"{pid:04d}_c{cam}_f{frame:07d}.jpg",
 }
 
+def _nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    "Image array `a` resized to `h`×`w` by nearest neighbour: integer indexing, the same bytes on every CPU (resamplers differ by SIMD path)."
+    return a[(np.arange(h) * a.shape[0]) // h][:, (np.arange(w) * a.shape[1]) // w]
+
 def make_archive(name: str, out_dir, seed: int = 0, num_train_ids: int = 8, num_test_ids: int = 8, train_images_per_id: int = 4,
                  gallery_images_per_id: int = 4, progress: bool = False) -> tuple[Path, str]:
     """Render synthetic identities into an archive in the format of the `name` release (`market1501`: `Market-1501-v15.09.15.zip`,
@@ -333,8 +337,9 @@ def make_archive(name: str, out_dir, seed: int = 0, num_train_ids: int = 8, num_
         person = (None if part == "none" else make_identity(seed, pid) if pid > 0 else
                   make_identity(seed, 100_000 + i) if pid == 0 else make_identity(seed, int(rng.choice(test_pids))))
         img = Image.fromarray(render(person, cams[c], rng, size, part="all" if part == "none" else part))
-        if duke:                                               # DukeMTMC-reID's boxes are cut at the detection's own size
-            h = int(rng.integers(96, 257)); img = img.resize((max(32, int(h * rng.uniform(.33, .5))), h), Image.Resampling.BILINEAR)
+        if duke:         # DukeMTMC-reID's boxes are cut at the detection's own size: here 96–256 × 32–128 px, in steps of 16
+            h = 16 * int(rng.integers(6, 17)); w = 16 * max(2, int(h * rng.uniform(.33, .5)) // 16)
+            img = Image.fromarray(_nearest(np.asarray(img), h, w))
         frame[c] += int(rng.integers(1, 50))
         fname = ARCHIVE_NAMES[name](pid, c + 1, frame[c], 1 + int(rng.integers(3)))
         buf = io.BytesIO(); img.save(buf, "JPEG", quality=90); files[f"{info.folder}/{split}/{fname}"] = buf.getvalue()
