@@ -16,7 +16,7 @@ from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
 from .train import TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, build_training
-from .core import auto_on, resolve_device, amp_dtype, atomic_write
+from .core import auto_on, resolve_device, amp_dtype, atomic_write, in_notebook
 
 # %% auto #0
 __all__ = ['PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
@@ -454,5 +454,5 @@ def main(argv=None) -> int:
 
 # %% ../nbs/34_bench.ipynb #7a904158
 #| eval: false
-if __name__ == "__main__":
+if __name__ == "__main__" and not in_notebook():     # in a Jupyter kernel __name__ is "__main__" too
     sys.exit(main())

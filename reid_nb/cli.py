@@ -10,7 +10,7 @@ import yaml
 from .train import TrainConfig, fit
 from .models import VARIANTS
 from .download import DownloadError, ChecksumError
-from .core import FolderLocked, atomic_write
+from .core import FolderLocked, atomic_write, field_docs, in_notebook
 
 # %% auto #0
 __all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'train_config_from_args',
@@ -18,15 +18,19 @@ __all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_para
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
-    hints = typing.get_type_hints(cls)
+    "One option per field of config dataclass `cls`: its comment as the help, its `CHOICES`, its default."
+    hints, docs, choices = typing.get_type_hints(cls), field_docs(cls), getattr(cls, "CHOICES", {})
     for f in dataclasses.fields(cls):
         if f.name in skip: continue
         opt, t = "--" + f.name.replace("_", "-"), hints[f.name]
-        help_ = f"(default: {f.default!r})"
+        default = "on" if f.default is True else "off" if f.default is False else f.default
+        help_ = f"{docs.get(f.name, '')} (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})".strip()
+        help_ = help_.replace("%", "%%")                                       # argparse formats help with %
         if t is bool: p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif t is tuple: p.add_argument(opt, nargs="+", type=int, default=None, metavar="N", help=help_)
-        elif t in (int, float): p.add_argument(opt, type=t, default=None, help=help_)
-        else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, default=None, help=help_)
+        elif t in (int, float): p.add_argument(opt, type=t, default=None, metavar=t.__name__.upper(), help=help_)
+        elif f.name in choices: p.add_argument(opt, choices=choices[f.name], default=None, help=help_)
+        else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, default=None, metavar="TEXT", help=help_)
 
 PARAMS_SECTIONS = dict(profile=str, datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict, evaluate=dict)
 DATA_KEYS = ("root", "synthetic_seed", "archives")
@@ -78,7 +82,6 @@ def train_config_from_args(args) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None: d[f.name] = v
-    if "out" not in d: d["out"] = f"runs/{d.get('variant', 'full')}-{d.get('dataset', 'synthetic')}"
     return TrainConfig.from_dict(d)
 
 # %% ../nbs/32_cli.ipynb #6aab787d
@@ -91,7 +94,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a variant", description="Train one model variant. Writes OUT/last.safetensors "
                        "(checkpoint), OUT/model.safetensors + OUT/config.json (final model) and OUT/log.csv (per-epoch log). "
-                       "Run under 'torchrun --nproc_per_node N' for data-parallel training.")
+                       "Run under 'torchrun --nproc_per_node N' for data-parallel training. The defaults below are TrainConfig's (a small "
+                       "generic run, not a profile): --params params.yaml gives the CPU profile, --params params-paper.yaml the paper's.")
     t.add_argument("--params", help="params.yaml: reads data.root, the 'train' section and 'overrides.VARIANT' (options given here win)")
     t.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint (last.safetensors); refused "
                    "when a setting that shapes the model differs, unless --allow-changes")
@@ -152,7 +156,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure training/evaluation throughput", description="Training throughput of the "
                        "GPU-resident data path against the classic DataLoader path (same run), evaluation and re-ranking "
-                       "timings; '--preset gpu' is the H200 configuration, '--preset cpu-tiny' runs anywhere in seconds.")
+                       "timings; '--preset gpu' is sized for one large GPU (not yet run on one), '--preset cpu-tiny' runs anywhere in seconds.")
     if command in (None, "bench"):       # reid_nb.bench imports the whole training stack: only when it is the command
         from reid_nb.bench import add_arguments as _bench_arguments
         _bench_arguments(b)
@@ -339,8 +343,13 @@ def _profile(args):
     if not args.dry_run:
         import shutil
         exe = [shutil.which("dvc")] if shutil.which("dvc") else [sys.executable, "-m", "dvc"]   # the dvc of this environment
+        params = Path("params.yaml")
+        before = params.read_bytes() if params.is_file() else None
         rc = subprocess.call(exe + cmd[1:])
-        if rc: raise ValueError(f"dvc exp run exited with status {rc}")
+        if rc:                              # dvc exp run rewrote params.yaml with the profile's values before it failed: undo that
+            restored = before is not None and params.read_bytes() != before
+            if restored: atomic_write(params, lambda tmp: Path(tmp).write_bytes(before))
+            raise ValueError(f"dvc exp run exited with status {rc}" + ("; params.yaml restored to what it was" if restored else ""))
 
 def _download(args):
     from reid_nb.data import prepare_dataset
@@ -383,6 +392,5 @@ def main(argv=None) -> int:
     return 0
 
 # %% ../nbs/32_cli.ipynb #8eb68abc
-#| eval: false
-if __name__ == "__main__":
+if __name__ == "__main__" and not in_notebook():     # `python -m reid_nb.cli`; in a Jupyter kernel __name__ is "__main__" too
     sys.exit(main())

@@ -12,7 +12,7 @@ import torch.distributed as dist
 # %% auto #0
 __all__ = ['ORPHAN', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'pid_alive', 'temp_name', 'sweep_orphans',
            'atomic_write', 'staging_dir', 'FolderLocked', 'FolderLock', 'dist_info', 'init_distributed', 'barrier',
-           'broadcast', 'check_fields', 'from_mapping']
+           'broadcast', 'field_docs', 'in_notebook', 'check_fields', 'from_mapping']
 
 # %% ../nbs/28_core.ipynb #b05e2fc4
 def resolve_device(name: str = "auto") -> torch.device:
@@ -172,6 +172,23 @@ def broadcast(obj, src: int = 0):
     if not (dist.is_available() and dist.is_initialized()): return obj
     box = [obj]; dist.broadcast_object_list(box, src=src)
     return box[0]
+
+# %% ../nbs/28_core.ipynb #df452e61
+def field_docs(cls) -> dict[str, str]:
+    "The comment after each field of dataclass `cls` in its source (`name: type = default  # the comment`), by field name."
+    import inspect
+    try: src = inspect.getsource(cls)
+    except (OSError, TypeError): return {}
+    names, docs = {f.name for f in dataclasses.fields(cls)}, {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if m and m.group(1) in names: docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+def in_notebook() -> bool:
+    "Whether this code runs inside an IPython / Jupyter kernel (where `__name__ == '__main__'` too)."
+    ip = sys.modules.get("IPython")
+    return ip is not None and getattr(ip, "get_ipython", lambda: None)() is not None
 
 # %% ../nbs/28_core.ipynb #d256bf64
 def _coerce(name: str, v, hint):

@@ -21,8 +21,8 @@ from .rerank import re_ranking
 from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed, check_fields, from_mapping
 
 # %% auto #0
-__all__ = ['TRAINING_SET', 'EVAL_PATHS', 'check_variant', 'load_model', 'extract_features', 'EvalConfig', 'topk_ranking',
-           'evaluate_run']
+__all__ = ['TRAINING_SET', 'EVAL_PATHS', 'check_variant', 'load_model', 'extract_features', 'EvalConfig', 'info_path',
+           'topk_ranking', 'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
 TRAINING_SET = ("input_size", "width", "pretrained")   # model-config keys set by the training profile, not by the variant
@@ -119,10 +119,12 @@ class EvalConfig:
     num_workers: int = 2             # decoding threads (resident) or loader processes (classic)
     data_path: str = "resident"      # resident: decode once, normalise batches on the device | classic: torchvision per image in workers
 
+    CHOICES = dict(metric=("cosine", "euclidean"), data_path=EVAL_PATHS)    # the values a string field may take (also the CLI's choices)
+
     def __post_init__(self):
         check_fields(self, "evaluate.")
-        if self.metric not in ("cosine", "euclidean"): raise ValueError(f"evaluate.metric={self.metric!r}: expected cosine or euclidean")
-        if self.data_path not in EVAL_PATHS: raise ValueError(f"evaluate.data_path={self.data_path!r}: expected one of {', '.join(EVAL_PATHS)}")
+        for k, allowed in self.CHOICES.items():
+            if getattr(self, k) not in allowed: raise ValueError(f"evaluate.{k}={getattr(self, k)!r}: expected one of {', '.join(allowed)}")
         for k in ("topk", "batch_size"):
             if getattr(self, k) < 1: raise ValueError(f"evaluate.{k}={getattr(self, k)}: expected a positive integer")
         if self.num_workers < 0: raise ValueError(f"evaluate.num_workers={self.num_workers}: expected an integer ≥ 0")
@@ -133,10 +135,20 @@ class EvalConfig:
         return from_mapping(cls, d, "evaluation parameter")
 
 # %% ../nbs/31_evaluate.ipynb #16a6b122
-def _summary(r: dict) -> dict:
+def _metrics(r: dict) -> dict:
+    "The numbers of a ranking that go into the metrics file: mAP, mINP and the CMC at ranks 1, 5, 10, 20."
     cmc = np.asarray(r["cmc"], dtype=float)
     return dict(mAP=float(r["mAP"]), mINP=float(r["mINP"]), rank1=float(cmc[0]), rank5=float(cmc[4]), rank10=float(cmc[9]),
-                rank20=float(cmc[19]), num_valid=int(r["num_valid"]), cmc=[float(c) for c in cmc])
+                rank20=float(cmc[19]))
+
+def _curve(r: dict) -> dict:
+    "What the report draws of a ranking (the whole CMC curve), and how many queries had a match."
+    return dict(num_valid=int(r["num_valid"]), cmc=[float(c) for c in np.asarray(r["cmc"], dtype=float)])
+
+def info_path(metrics_out) -> Path:
+    "The run information beside a metrics file: `metrics/runs/NAME.json` for `metrics/NAME.json`."
+    p = Path(metrics_out)
+    return p.parent / "runs" / p.name
 
 def _per_query(r: dict, num_query: int) -> list:
     "Average precision of every query (None for a query without a correct match): what a paired bootstrap over queries resamples."
@@ -181,14 +193,10 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     q_cams, g_cams = np.array([r.camid for r in ds.query]), np.array([r.camid for r in ds.gallery])
     qg = compute_distance(qf, gf, metric=metric)           # the features are on `dev` already
     plain = evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=50)
-    res = dict(variant=meta["variant"], dataset=dataset, seed=meta.get("train_config", {}).get("seed"), run=str(run_dir),
-               metric=metric, flip=flip,
-               num_query=len(ds.query), num_gallery=len(ds.gallery),
-               params_M=count_params(model) / 1e6,
-               gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size),
-               width=meta["model_config"].get("width", 1.0),
-               train_epochs=meta.get("train_config", {}).get("epochs"),
-               **_summary(plain))
+    metrics = dict(_metrics(plain), params_M=count_params(model) / 1e6, gflops=count_flops(model, input_size) / 1e9)
+    info = dict(variant=meta["variant"], dataset=dataset, seed=meta.get("train_config", {}).get("seed"), run=str(run_dir),
+                metric=metric, flip=flip, num_query=len(ds.query), num_gallery=len(ds.gallery), input_size=list(input_size),
+                width=meta["model_config"].get("width", 1.0), train_epochs=meta.get("train_config", {}).get("epochs"), **_curve(plain))
     t1 = time.time()
     reranked = None
     if rerank:
@@ -196,12 +204,13 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
         gg = compute_distance(gf, gf, metric=metric)
         rr = torch.as_tensor(re_ranking(qg, qq, gg))
         reranked = evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50)
-        res["rerank"] = _summary(reranked)
-    res["environment"] = environment(dev, dataset, fp)     # what computed these numbers
-    res["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
+        metrics["rerank"], info["rerank"] = _metrics(reranked), _curve(reranked)
+    info["environment"] = environment(dev, dataset, fp)     # what computed these numbers
+    info["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
     seconds = dict(features=t_feat, rerank=time.time() - t1)
-    if rank == 0 and metrics_out:               # no wall times in the metrics: two runs of one commit write the same bytes
-        atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=2)))
+    if rank == 0 and metrics_out:   # metrics alone (what `dvc metrics show/diff` compare), the rest beside them; no wall times
+        atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        atomic_write(info_path(metrics_out), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
         atomic_write(Path(run_dir) / "eval_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(
             metrics=str(metrics_out), seconds=seconds), indent=2)))
     if rank == 0 and ranking_out:
@@ -216,4 +225,6 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
                        topk=idx.tolist(), topk_dist=[[round(float(v), 5) for v in row] for row in vals],
                        ap=_per_query(plain, len(ds.query)), ap_rerank=None if reranked is None else _per_query(reranked, len(ds.query)))
         atomic_write(ranking_out, lambda tmp: Path(tmp).write_text(json.dumps(ranking)))
-    return dict(res, seconds=seconds)
+    both = dict(info, **metrics, seconds=seconds)
+    if rerank: both["rerank"] = dict(info["rerank"], **metrics["rerank"])
+    return both

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'load_metrics',
-           'load_query_ap', 'table1', 'to_markdown', 'save_table', 'welch_interval', 'paired_bootstrap', 'difference',
-           'table2', 'ablation_steps', 'ablation_statement', 'environments', 'plot_cmc', 'load_logs', 'plot_training',
-           'pick_queries', 'plot_retrieval', 'plot_attention', 'run_report']
+__all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'VARIANT_COLORS',
+           'load_metrics', 'load_query_ap', 'table1', 'split_constant', 'caption', 'to_markdown', 'save_table',
+           'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps', 'ablation_statement',
+           'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs', 'plot_training', 'plot_data', 'pick_queries',
+           'plot_retrieval', 'plot_attention', 'report_html', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -36,11 +37,14 @@ DATASET_LABELS = {"market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID", "syn
 
 # %% ../nbs/33_report.ipynb #801e8a7d
 def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
-    """One row per metrics JSON in `metrics_dir`: variant, dataset, seed, profile, mAP/R1/R5/R10/mINP in %, re-ranked mAP/R1, params,
+    """One row per metrics JSON in `metrics_dir` (with its run information from `metrics_dir/runs/`, see `31_evaluate`): variant, dataset, seed, profile, mAP/R1/R5/R10/mINP in %, re-ranked mAP/R1, params,
     GFLOPs, the run folder's name (`run`) and the provenance blocks (`environment`, `train_environment`)."""
     rows = []
     for f in sorted(Path(metrics_dir).glob("*.json")):
-        m = json.loads(f.read_text())
+        m, info = json.loads(f.read_text()), Path(metrics_dir) / "runs" / f.name       # the metrics, and beside them what made them
+        if info.is_file():
+            i = json.loads(info.read_text())
+            m = {**i, **m} | ({"rerank": {**(i.get("rerank") or {}), **m["rerank"]}} if "rerank" in m else {})
         if "mAP" not in m or "variant" not in m: continue
         rr = m.get("rerank") or {}
         rows.append(dict(variant=m["variant"], dataset=m["dataset"], seed=m.get("seed"), profile=m.get("profile", profile),
@@ -76,20 +80,33 @@ def _source(g: pd.DataFrame) -> str:
     return f"this repository, mean of {len(g)} seeds: {files}" if len(g) > 1 else f"this repository, {files}"
 
 def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
-    """The seed's Table 1 (published rows, with sources) and our measured rows for `ours` (the mean over seeds), each labelled with
-    its dataset and profile."""
-    rows = [dict(method=p["method"], source=p["source"], measured_on="published (Market-1501 / DukeMTMC-reID)",
-                 **{k: p[k] for k in ("market_mAP", "market_R1", "duke_mAP", "duke_R1")}) for p in PUBLISHED]
+    """The seed's Table 1 in long form, one row per method and dataset: the published rows (with their sources), then our measured rows
+    for `ours` (the mean over seeds), each under the dataset it was measured on — a number measured on the synthetic set never stands in
+    a Market-1501 column. Columns: dataset, method, mAP, R1 (%), how it was measured, and its source."""
+    rows = []
+    for ds, key in (("market1501", "market"), ("dukemtmc", "duke")):
+        rows += [dict(dataset=DATASET_LABELS[ds], method=p["method"], mAP=p[f"{key}_mAP"], R1=p[f"{key}_R1"], measured="published",
+                      source=p["source"]) for p in PUBLISHED if p[f"{key}_mAP"] is not None]
     for v in ours:
         for ds, g in df[df.variant == v].groupby("dataset", sort=False):
             r = g.iloc[0]
-            col = "duke" if ds == "dukemtmc" else "market"
-            row = dict(method=f"ours: {VARIANT_LABELS.get(v, v)}", source=_source(g),
-                       measured_on=f"{DATASET_LABELS.get(ds, ds)}, profile {r['profile']}, {_setting(r)}",
-                       market_mAP=None, market_R1=None, duke_mAP=None, duke_R1=None)
-            row[f"{col}_mAP"], row[f"{col}_R1"] = round(g.mAP.mean(), 1), round(g.R1.mean(), 1)
-            rows.append(row)
-    return pd.DataFrame(rows)
+            rows.append(dict(dataset=DATASET_LABELS.get(ds, ds), method=f"ours: {VARIANT_LABELS.get(v, v)}", mAP=round(g.mAP.mean(), 1),
+                             R1=round(g.R1.mean(), 1), measured=f"profile {r['profile']}, {_setting(r)}", source=_source(g)))
+    t = pd.DataFrame(rows)
+    order = {d: i for i, d in enumerate(DATASET_LABELS.values())}
+    t["_o"] = t.dataset.map(order).fillna(len(order))
+    return t.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+
+def split_constant(df: pd.DataFrame, keep=("variant", "model", "step")) -> tuple[pd.DataFrame, dict]:
+    "`df` without the columns that hold one value in every row (except `keep`), and those values: what a caption says once."
+    if len(df) < 2: return df, {}
+    const = {c: df[c].iloc[0] for c in df.columns if c not in keep and df[c].astype(str).nunique(dropna=False) == 1}
+    return df.drop(columns=list(const)), const
+
+def caption(title: str, text: str = "", constant: dict | None = None) -> str:
+    "A table caption: the title in bold, the text, then the columns that hold one value in every row."
+    same = "; ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in (constant or {}).items())
+    return f"**{title}** {text}".strip() + (f" Every row: {same}." if same else "")
 
 COLUMN_FORMATS = {"params_M": ".2f", "GFLOPs": ".3g"}   # a slim 64×32 model has ~0.02 GFLOPs: one decimal would print 0.0
 
@@ -103,11 +120,11 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f", formats: dict | None = 
     lines += ["| " + " | ".join(fmt(v, c) for v, c in zip(row, cols)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
-def save_table(df: pd.DataFrame, out_dir, name: str) -> tuple[Path, Path]:
-    "Write `name.csv` and `name.md` into `out_dir`."
+def save_table(df: pd.DataFrame, out_dir, name: str, caption: str = "", shown: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    "Write `name.csv` (every column of `df`) and `name.md` (`caption`, then `shown`, by default `df`) into `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / f"{name}.csv", index=False)
-    (out_dir / f"{name}.md").write_text(to_markdown(df))
+    (out_dir / f"{name}.md").write_text((f"{caption}\n\n" if caption else "") + to_markdown(df if shown is None else shown))
     return out_dir / f"{name}.csv", out_dir / f"{name}.md"
 
 # %% ../nbs/33_report.ipynb #59cb5995
@@ -245,36 +262,61 @@ def environments(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/33_report.ipynb #634778a1
+VARIANT_COLORS = dict(zip(VARIANT_LABELS, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")))  # seaborn "deep"
+
+def styled(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` with the columns every figure draws by: `model` (the variant's label) and `data` (the dataset's label)."
+    return df.assign(model=df.variant.map(lambda v: VARIANT_LABELS.get(v, v)), data=df.dataset.map(lambda d: DATASET_LABELS.get(d, d)))
+
+def hue_kw(df: pd.DataFrame) -> dict:
+    "Seaborn arguments giving each variant its one colour and label in every figure (line style by dataset when there are several)."
+    present = [v for v in list(VARIANT_LABELS) + sorted(set(df.variant) - set(VARIANT_LABELS)) if v in set(df.variant)]
+    extra = iter(("#8c8c8c", "#ccb974", "#64b5cd"))
+    colours = {VARIANT_LABELS.get(v, v): VARIANT_COLORS.get(v) or next(extra, "#333333") for v in present}
+    kw = dict(hue="model", hue_order=list(colours), palette=colours)
+    return kw | (dict(style="data") if df.dataset.nunique() > 1 else {})
+
 def plot_cmc(df: pd.DataFrame, max_rank: int = 20, ax=None):
     "CMC curves (rank 1..max_rank) of every measured model: the mean over its seeds, with a band of ± one standard deviation."
     import seaborn as sns, matplotlib.pyplot as plt
-    long = pd.DataFrame([dict(run=f"{VARIANT_LABELS.get(r.variant, r.variant)} [{r.dataset}]", rank=k + 1, accuracy=100 * c)
-                         for r in df.itertuples() for k, c in enumerate((r.cmc or [])[:max_rank])])
+    long = styled(pd.DataFrame([dict(variant=r.variant, dataset=r.dataset, rank=k + 1, accuracy=100 * c)
+                                for r in df.itertuples() for k, c in enumerate((r.cmc or [])[:max_rank])]))
     if ax is None: _, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=long, x="rank", y="accuracy", hue="run", marker="o", markersize=3, errorbar="sd", ax=ax)   # sd: no random CI
-    ax.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curves", xticks=range(1, max_rank + 1, 2))
+    sns.lineplot(data=long, x="rank", y="accuracy", marker="o", markersize=3, errorbar="sd", ax=ax, **hue_kw(long))   # sd: no random CI
+    ax.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curves (mean ± sd over seeds)", xticks=range(1, max_rank + 1, 2))
     ax.legend(fontsize=7, loc="lower right")
     return ax
 
-def load_logs(runs) -> pd.DataFrame:
-    "Per-epoch training logs of `runs` (a dict name -> run directory, or `(name, directory)` pairs: a name may repeat) in one frame."
-    frames = []
-    for name, d in (runs.items() if isinstance(runs, dict) else runs):
-        f = Path(d) / "log.csv"
-        if f.is_file(): frames.append(pd.read_csv(f).assign(run=name))
-    if not frames: raise FileNotFoundError(f"no log.csv in any of {[d for _, d in (runs.items() if isinstance(runs, dict) else runs)]}")
+def load_logs(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
+    "The per-epoch training logs (`RUNS/<run>/log.csv`) of the runs of metrics frame `df`, in one frame with their variant, dataset and seed."
+    frames = [pd.read_csv(Path(runs_dir) / r.run / "log.csv").assign(variant=r.variant, dataset=r.dataset, seed=r.seed)
+              for r in df.itertuples() if (Path(runs_dir) / r.run / "log.csv").is_file()]
+    if not frames: raise FileNotFoundError(f"{runs_dir}: no log.csv of any of the runs {list(df.run)}")
     return pd.concat(frames, ignore_index=True)
 
 def plot_training(logs: pd.DataFrame):
-    "Loss and training accuracy per epoch for every run (runs of one name, e.g. the seeds of a model: mean ± one standard deviation)."
+    "Loss, triplet loss and training accuracy per epoch of every model (its seeds: mean ± one standard deviation)."
     import seaborn as sns, matplotlib.pyplot as plt
+    logs = styled(logs)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, col, title in zip(axes, ("loss", "triplet", "acc"), ("total loss", "triplet loss", "training accuracy (ID)")):
-        sns.lineplot(data=logs, x=logs.epoch + 1, y=col, hue="run", marker="o", errorbar="sd", ax=ax, legend=ax is axes[-1])
+        sns.lineplot(data=logs, x=logs.epoch + 1, y=col, marker="o", markersize=3, errorbar="sd", ax=ax, legend=ax is axes[-1], **hue_kw(logs))
         ax.set(xlabel="epoch", ylabel=col, title=title)
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+def plot_data(logs: pd.DataFrame, column: str, variants=None) -> dict[str, pd.DataFrame]:
+    """Per dataset, `column` of the training logs per epoch (from 1), the mean over seeds, one column per variant (all of `variants`,
+    empty where one has no log): what `dvc.yaml`'s top-level plots overlay (`reports/plots/<column>/<dataset>.csv`)."""
+    out = {}
+    for ds, g in logs.groupby("dataset", sort=False):
+        t = g.groupby(["epoch", "variant"])[column].mean().unstack("variant")
+        order = list(variants) if variants is not None else [v for v in list(VARIANT_LABELS) + sorted(set(t) - set(VARIANT_LABELS)) if v in t]
+        t = t.reindex(columns=order)
+        t.index = t.index + 1
+        out[ds] = t.rename_axis(None, axis=1).reset_index()
+    return out
 
 def _framed(ax, img, color, lw=4):
     ax.imshow(img); ax.set_xticks([]); ax.set_yticks([])
@@ -312,35 +354,53 @@ def plot_retrieval(ranking: dict, data_root, queries: list[int], k: int = 10):
     fig.tight_layout()
     return fig
 
-def plot_attention(images: list, maps: dict, titles=None):
-    "Each image (H×W×3 in [0,1]) with every attention map in `maps` (name -> tensor N×h×w) upsampled and overlaid."
+def plot_attention(images: list, maps: dict, titles=None, caption: str = ""):
+    """Each image (H×W×3 in [0,1]) with every attention map in `maps` (name -> tensor N×h×w) upsampled, scaled to [0, 1] per map and
+    overlaid; one colour bar for the scale, and `caption` under the figure."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     import torch.nn.functional as F
     names = list(maps)
-    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.6 * (1 + len(names)), 2.9 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.6 * (1 + len(names)) + 1.2, 2.9 * len(images) + 0.8), squeeze=False)
     for i, (row, img) in enumerate(zip(axes, images)):
         row[0].imshow(img); row[0].set_title(titles[i] if titles else "image", fontsize=7)
         for ax, n in zip(row[1:], names):
             m = maps[n][i][None, None].float()
             m = F.interpolate(m, size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
             m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-            ax.imshow(img); ax.imshow(m.numpy(), cmap="jet", alpha=0.5); ax.set_title(n, fontsize=7)
+            ax.imshow(img); ax.imshow(m.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1); ax.set_title(n, fontsize=7)
         for ax in row: ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if caption else 0, 0.9, 1))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), cax=fig.add_axes((0.92, 0.25, 0.02, 0.5)))
+    bar.set_label("attention, scaled per map (0 = least, 1 = most)", fontsize=8)
+    if caption:
+        import textwrap
+        fig.text(0.02, 0.01, "\n".join(textwrap.wrap(caption, 150)), fontsize=7, va="bottom")
     return fig
 
 # %% ../nbs/33_report.ipynb #bd705d60
+def report_html(nb) -> str:
+    """The executed report as a page a reader wants: the prose, the tables and the figures, without the code cells, the parameters, the
+    template's front matter (raw cells) or anything written to stderr (which stays in the executed notebook)."""
+    import copy
+    from nbconvert import HTMLExporter
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if c.cell_type != "raw"]
+    for c in nb.cells:
+        if c.cell_type == "code": c.outputs = [o for o in c.get("outputs", []) if o.get("name") != "stderr"]
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    return body
+
 def run_report(template, out_dir, parameters: dict, kernel: str = "python3") -> tuple[Path, Path]:
     "Execute the papermill `template` into `out_dir` with `parameters`; returns (executed .ipynb, .html)."
     import papermill as pm
     import nbformat
-    from nbconvert import HTMLExporter
     template, out_dir = Path(template), Path(out_dir)
     if not template.is_file(): raise FileNotFoundError(f"{template}: report template not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     nb_out = out_dir / template.name
     pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)), kernel_name=kernel,
                         progress_bar=False, cwd=str(Path.cwd()))
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_out, as_version=4))
-    html = nb_out.with_suffix(".html"); html.write_text(body, encoding="utf-8")
+    html = nb_out.with_suffix(".html"); html.write_text(report_html(nbformat.read(nb_out, as_version=4)), encoding="utf-8")
     return nb_out, html

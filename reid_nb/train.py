@@ -36,25 +36,25 @@ class TrainConfig:
     variant: str = "full"                      # a key of reid_nb.models.VARIANTS
     dataset: str = "synthetic"                 # market1501 | dukemtmc | synthetic
     data_root: str = "data"                    # folder that holds the dataset folders / archives
-    out: str = "runs/full"                     # run directory: checkpoints, logs, final weights
+    out: str = "runs/{variant}-{dataset}"      # run folder: checkpoints, log, final weights ({variant}, {dataset}, {seed} filled in)
     input_size: tuple = (128, 64)              # H, W fed to the network
     width: float = 1.0                         # trunk channel multiplier (1: the papers; 0.25: the CPU profile's slim trunk)
-    epochs: int = 8
+    epochs: int = 8                            # training epochs
     P: int = 16                                # identities per batch
     K: int = 4                                 # images per identity
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 2
+    lr: float = 3.5e-4                         # Adam's base learning rate
+    weight_decay: float = 5e-4                 # Adam's L2 weight decay
+    warmup_epochs: int = 2                     # epochs of linear warm-up from lr × warmup_factor to lr
     warmup_factor: float = 0.01                # the warm-up starts at lr * warmup_factor
     schedule: str = "step"                     # step | cosine
     milestones: tuple = (40, 70)               # epochs where a step schedule multiplies the rate by gamma
-    gamma: float = 0.1
+    gamma: float = 0.1                         # the factor a step schedule multiplies the rate by at each milestone
     flip_p: float = 0.5                        # horizontal flip probability
     pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height (BoT's 10 at 256×128)
     erase_p: float = 0.5                       # random-erasing probability
-    label_smoothing: float = 0.1
-    margin: float = 0.3
-    soft_margin: bool = False
+    label_smoothing: float = 0.1               # ε of the label-smoothed cross-entropy
+    margin: float = 0.3                        # margin of the batch-hard triplet loss
+    soft_margin: bool = False                  # the soft-margin triplet loss log(1 + exp(d_ap − d_an)) instead of the margin
     center_weight: float = 0.0                 # 0 disables the center loss
     pretrained: str | None = None              # None | "imagenet" | path | URL ("{backbone}" in it: resnet50_ibn_a or resnet50)
     new_lr_mult: float = 1.0                   # learning-rate multiplier of the layers not in the pretrained checkpoint
@@ -64,22 +64,24 @@ class TrainConfig:
     compile: bool = False                      # torch.compile the model
     gpu_data: str = "auto"                     # auto (on for CUDA) | on | off: decoded uint8 cache + batch augmentation on the training device (CPU too)
     num_workers: int = 2                       # CPU data loader processes
-    seed: int = 0
+    seed: int = 0                              # seeds the weights, the sampler and the augmentation
     deterministic: bool = True                 # deterministic algorithms (exact --resume on CPU)
     ckpt_every: int = 0                        # also checkpoint every N batches (0: at the end of each epoch only)
     log_every: int = 50                        # read the running statistics (progress bar, non-finite check) every N batches
     max_batches: int = 0                       # cap on batches per epoch (0: the sampler's full epoch); for smoke tests
     diverge_factor: float = 1000.0             # stop when a batch's loss passes this multiple of the run's first loss (0: never)
 
+    CHOICES = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"), channels_last=("auto", "on", "off"),
+                   gpu_data=("auto", "on", "off"))                       # the values a string field may take (also the CLI's choices)
+
     def __post_init__(self):
         for k in ("channels_last", "gpu_data"):     # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
             if isinstance(getattr(self, k), bool): setattr(self, k, "on" if getattr(self, k) else "off")
         if self.amp is False: self.amp = "off"
         check_fields(self)                          # types: "no" is not a bool, "1e-3" is a number (see 28_core)
+        for k in ("variant", "dataset", "seed"): self.out = self.out.replace("{" + k + "}", str(getattr(self, k)))
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
-        choices = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"),
-                       channels_last=("auto", "on", "off"), gpu_data=("auto", "on", "off"))
-        for k, allowed in choices.items():
+        for k, allowed in self.CHOICES.items():
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
         for k in ("epochs", "K", "log_every"):
@@ -235,14 +237,15 @@ def resident_size(sizes, input_size) -> tuple[int, int]:
 
 class TrainBatches:
     "Yields `(images, pids, indices)` for batches `start..` of an epoch, on the CPU loader path or the device-resident path."
-    def __init__(self, records, sampler: PKSampler, cfg: TrainConfig, device: torch.device, gpu: bool, num_classes: int | None = None):
+    def __init__(self, records, sampler: PKSampler, cfg: TrainConfig, device: torch.device, gpu: bool, num_classes: int | None = None,
+                 progress: bool = True):
         self.records, self.sampler, self.cfg, self.device, self.gpu = records, sampler, cfg, device, gpu
         self.pids = torch.tensor([r.pid for r in records])
         if num_classes is not None and len(self.pids) and (int(self.pids.min()) < 0 or int(self.pids.max()) >= num_classes):
             raise ValueError(f"training labels must lie in [0, {num_classes}), got [{int(self.pids.min())}, {int(self.pids.max())}]")
         if gpu:
             size = resident_size(image_sizes(records), cfg.input_size)        # the headers, read once
-            self.cache = decode_split(records, size=size).to(device)
+            self.cache = decode_split(records, size=size, progress=progress).to(device)
             self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
             self.pids = self.pids.to(device)
         else:
@@ -519,7 +522,7 @@ def _fit(cfg, mode, allow_changes, progress, manifest, rank, world, device) -> d
     env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     gpu_data = auto_on(cfg.gpu_data, device)
-    data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids)
+    data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids, progress=progress and rank == 0)
     model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device)
 
     plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, model.config, fp, allow_changes) if rank == 0 else None)

@@ -126,14 +126,17 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     t2 = pd.read_csv(rep / "table2.csv")
     for v in VARIANTS:
         m = json.loads((repo / "metrics" / f"{run_name(v)}.json").read_text())
+        info = json.loads((repo / "metrics" / "runs" / f"{run_name(v)}.json").read_text())   # what made them, beside the metrics
+        assert set(m) == {"mAP", "mINP", "rank1", "rank5", "rank10", "rank20", "params_M", "gflops", "rerank"}, sorted(m)
+        assert set(m["rerank"]) == {"mAP", "mINP", "rank1", "rank5", "rank10", "rank20"} and len(info["cmc"]) == 50
         row = t2[t2.variant == v].iloc[0]
         assert abs(row["mAP"] - 100 * m["mAP"]) < 1e-9 and abs(row["R1"] - 100 * m["rank1"]) < 1e-9
         assert abs(row["rr_mAP"] - 100 * m["rerank"]["mAP"]) < 1e-9
         assert row["n"] == 1 and (v == "baseline" or row["interval"].startswith("paired bootstrap over")), row.to_dict()
-        env = m["environment"]                       # the provenance block: the clone's commit, clean, and the libraries
+        env = info["environment"]                    # the provenance block: the clone's commit, clean, and the libraries
         assert env["code"]["commit"] == sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip() and env["code"]["dirty"] is False
         assert env["packages"]["torch"] and env["device"]["threads"] >= 1 and env["dataset"]["fingerprint"] == manifest["fingerprint"]
-        assert m["train_environment"] == env and "seconds" not in m
+        assert info["train_environment"] == env and info["variant"] == v and info["seed"] == 0 and "seconds" not in info
     steps = pd.read_csv(rep / "ablation_steps.csv")
     assert list(steps.step)[:3] == ["sam − baseline", "sam_ff − sam", "full − sam_ff"], list(steps.step)
     assert "Distinguishable from zero at 95%" in (rep / "ablation_statement.md").read_text()
@@ -141,7 +144,12 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     assert env["code"]["commit"][:12] in env_table and f"all {len(VARIANTS)} runs" in env_table
     t1 = pd.read_csv(rep / "table1.csv")
     ours = t1[t1.method.str.startswith("ours")]
-    assert len(ours) == 3 and ours.measured_on.str.contains("synthetic").all()   # full, rga_sc and rga_s
+    assert len(ours) == 3 and (ours.dataset == "synthetic (embedded)").all()   # full, rga_sc and rga_s: under the data they were measured on
+    assert (rep / "table1.md").read_text().startswith("**Table 1.**") and (rep / "table2.md").read_text().startswith("**Table 2.**")
+    assert "| dataset |" not in (rep / "table2.md").read_text()                 # one dataset: said once, in the caption
+    # the HTML is a report: the figures inline, no code, no front matter, nothing from stderr
+    html = (rep / "report.html").read_text()
+    assert html.count("<img") >= 4 and "load_metrics(" not in html and "skip_exec" not in html and "Warning" not in html
     # every stage declares exactly the reid_nb modules its command loaded (a missing one would hide a code change from
     # dvc; an extra one would rerun a stage for code it does not use)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -154,8 +162,14 @@ def test_repro_end_to_end(repo, tmp_path_factory):
         for m in sorted(declared - loaded[stage]): problems.append(f"{stage}: lists {m} but does not load it")
     assert not problems, "\n".join(problems)
     # dvc's own views of the results work
-    shown = dvc("metrics", "show", cwd=repo).stdout
-    assert f"metrics/{run_name('full')}.json" in shown and "mAP" in shown
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
+    columns = {k for rev in shown.values() for f in rev["data"].values() for k in f["data"]}
+    assert columns == {"mAP", "mINP", "rank1", "rank5", "rank10", "rank20", "params_M", "gflops", "rerank"}, columns
+    for name in ("loss", "acc"):                                  # the top-level plots' data: one column per variant
+        t = pd.read_csv(rep / "plots" / name / "synthetic.csv")
+        assert list(t.columns) == ["epoch", *VARIANTS] and list(t.epoch) == [1, 2], t
+    plots = json.loads(dvc("plots", "show", "--json", cwd=repo).stdout)["data"]
+    assert {"reports/plots/loss/synthetic.csv", "reports/plots/acc/synthetic.csv", "reports/cmc.png", "reports/attention.png"} <= set(plots)
     dvc("plots", "show", "-o", str(repo / "plots_html"), cwd=repo)
     assert any((repo / "plots_html").iterdir())
 
@@ -209,13 +223,32 @@ def test_changing_one_variant_reruns_only_it(repo):
 
 
 def test_more_seeds_by_experiment(repo):
-    "The README's way to add seeds: only the new seed's stages run; Table 2 then has n = 2 and intervals over seeds."
-    p = dvc("exp", "run", "-S", "seeds=[0,1]", cwd=repo)
-    assert ran_stages(p.stdout) == {stage_name(s, v, 1) for s in ("train", "evaluate") for v in VARIANTS} | {"report"}, p.stdout[-3000:]
+    """The README's way to add seeds, and `dvc exp run -S` with several keys: only the new seed's stages of the chosen variants run;
+    `dvc exp show` lists the experiment with its parameters and metrics; Table 2 then has n = 2 and intervals over seeds."""
+    two = ["baseline", "full"]
+    p = dvc("exp", "run", "-n", "two-seeds", "-S", "seeds=[0,1]", "-S", f"variants=[{','.join(two)}]", cwd=repo)
+    assert ran_stages(p.stdout) == {stage_name(s, v, 1) for s in ("train", "evaluate") for v in two} | {"report"}, p.stdout[-3000:]
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "two-seeds"]
+    assert exps, json.dumps(shown)[:3000]
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["seeds"] == [0, 1] and data["params"]["params.yaml"]["data"]["variants"] == two
+    assert f"metrics/{run_name('full', 1)}.json" in data["metrics"]
     t2 = pd.read_csv(repo / "reports" / "table2.csv")
-    assert (t2.n == 2).all(), t2[["variant", "n"]]
-    for v in VARIANTS:
+    assert list(t2.variant) == two and (t2.n == 2).all(), t2[["variant", "n"]]
+    for v in two:
         a = [json.loads((repo / "metrics" / f"{run_name(v, s)}.json").read_text())["mAP"] * 100 for s in (0, 1)]
         row = t2[t2.variant == v].iloc[0]
         assert abs(row["mAP"] - sum(a) / 2) < 1e-9 and abs(row["mAP_sd"] - abs(a[0] - a[1]) / 2 ** 0.5) < 1e-9
         assert v == "baseline" or (row["interval"] == "Welch t over seeds (2 vs 2)" and row["delta_lo"] <= row["delta_mAP"] <= row["delta_hi"])
+
+
+def test_a_failed_profile_run_leaves_params_alone(repo):
+    "`reid-nb profile` of a profile that fails: the error is one line, and params.yaml is what it was (dvc exp run had rewritten it)."
+    before = (repo / "params.yaml").read_bytes()
+    bad = yaml.safe_load(before)
+    bad["train"]["gamma"] = -1                                   # refused by the train stage
+    (repo / "params-broken.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    p = sh(sys.executable, "-m", "reid_nb.cli", "profile", "broken", cwd=repo, check=False)
+    assert p.returncode == 2 and "dvc exp run exited with status" in p.stderr and "params.yaml restored" in p.stderr, p.stderr[-3000:]
+    assert (repo / "params.yaml").read_bytes() == before
