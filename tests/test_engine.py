@@ -51,11 +51,12 @@ def test_train_then_evaluate(data_root, tmp_path):
     assert rows[0].startswith("epoch,lr,loss") and len(rows) == 3
     p = run_cli("evaluate", "--run", run, "--data-root", data_root, "--metrics", tmp_path / "m.json",
                 "--ranking", tmp_path / "r.json", "--no-progress", "--batch-size", "64")
-    m = json.loads((tmp_path / "m.json").read_text())
-    assert 0 <= m["mAP"] <= 1 and 0 <= m["rank1"] <= 1 and len(m["cmc"]) == 50 and "rerank" in m
-    assert m["variant"] == "baseline" and m["dataset"] == "synthetic"
+    m = json.loads((tmp_path / "m.json").read_text())                  # the metrics alone
+    info = json.loads((tmp_path / "runs" / "m.json").read_text())       # beside them: what made them
+    assert 0 <= m["mAP"] <= 1 and 0 <= m["rank1"] <= 1 and "rerank" in m and "cmc" not in m and "variant" not in m
+    assert info["variant"] == "baseline" and info["dataset"] == "synthetic" and len(info["cmc"]) == 50
     r = json.loads((tmp_path / "r.json").read_text())
-    assert len(r["topk"]) == len(r["query"]) == m["num_query"] and len(r["topk"][0]) == 10
+    assert len(r["topk"]) == len(r["query"]) == info["num_query"] and len(r["topk"][0]) == 10
     assert "mAP" in p.stdout
     # a checkpoint of another variant is refused when resuming
     p = run_cli("train", *TINY, "--data-root", data_root, "--out", run, "--epochs", "3", "--resume", "--variant", "sam", check=False)
