@@ -45,7 +45,9 @@ def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
         if info.is_file():
             i = json.loads(info.read_text())
             m = {**i, **m} | ({"rerank": {**(i.get("rerank") or {}), **m["rerank"]}} if "rerank" in m else {})
-        if "mAP" not in m or "variant" not in m: continue
+        if "mAP" not in m: continue                                                    # not a metrics file
+        if "variant" not in m: raise FileNotFoundError(f"{f}: its run information {info} is missing (evaluate writes both; "
+                                                      "copy metrics/runs/ along with metrics/, or rerun the evaluate stage)")
         rr = m.get("rerank") or {}
         rows.append(dict(variant=m["variant"], dataset=m["dataset"], seed=m.get("seed"), profile=m.get("profile", profile),
                          mAP=100 * m["mAP"], R1=100 * m["rank1"], R5=100 * m["rank5"], R10=100 * m["rank10"], mINP=100 * m["mINP"],
@@ -98,10 +100,14 @@ def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
     return t.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
 
 def split_constant(df: pd.DataFrame, keep=("variant", "model", "step")) -> tuple[pd.DataFrame, dict]:
-    "`df` without the columns that hold one value in every row (except `keep`), and those values: what a caption says once."
+    """`df` without the columns that hold one value in every row (except `keep`), and those values: what a caption says once.
+    Measured numbers (float columns) stay in the table however alike their rows are; a column without any value (the sd of one
+    seed, re-ranking that was not run) is dropped, since it has nothing to say."""
     if len(df) < 2: return df, {}
-    const = {c: df[c].iloc[0] for c in df.columns if c not in keep and df[c].astype(str).nunique(dropna=False) == 1}
-    return df.drop(columns=list(const)), const
+    empty = [c for c in df.columns if c not in keep and df[c].isna().all()]
+    const = {c: df[c].iloc[0] for c in df.columns if c not in keep and c not in empty and not pd.api.types.is_float_dtype(df[c])
+             and df[c].astype(str).nunique(dropna=False) == 1}
+    return df.drop(columns=empty + list(const)), const
 
 def caption(title: str, text: str = "", constant: dict | None = None) -> str:
     "A table caption: the title in bold, the text, then the columns that hold one value in every row."

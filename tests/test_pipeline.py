@@ -174,7 +174,7 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     assert any((repo / "plots_html").iterdir())
 
 
-IDENTICAL = [f"metrics/{run_name(v)}.json" for v in ("baseline", "rga_s")] + \
+IDENTICAL = [f"metrics/{d}{run_name(v)}.json" for v in ("baseline", "rga_s") for d in ("", "runs/")] + \
     [f"runs/{run_name(v)}/{f}" for v in ("baseline", "rga_s") for f in ("model.safetensors", "config.json", "ranking.json")]
 
 
