@@ -37,14 +37,14 @@ def camid_from_name(path) -> int:
     m = NAME_PATTERN.search(Path(path).name)
     return int(m.group(2)) - 1 if m else -1
 
-# %% ../nbs/35_infer.ipynb #a259686f
+# %% ../nbs/35_infer.ipynb #062db1af
 def extract(run, images, batch_size: int = 128, device: str = "auto", flip: bool = True, normalize: bool = True,
-            camids: bool = False, chunk: int = 4096, num_workers: int = 2, progress: bool = True) -> dict:
+            camids: bool = False, chunk: int = 4096, num_workers: int = 2, progress: bool = True, loaded: tuple | None = None) -> dict:
     """Features of `images` (a folder, a list file, or a list of paths) by the trained run in folder `run`: a dict with `features`
     (N × D float32), `paths` (N), `bad` (the `(path, reason)` of the unreadable images, which have no row), `camids` (N, or None),
-    and the run's `variant` and `input_size`."""
+    and the run's `variant` and `input_size`. `loaded`: the run's `(model, config)` from `load_model`, when the caller has it already."""
     dev = resolve_device(device)
-    model, meta = load_model(run, dev)                                   # the run first: a wrong run folder is named before anything runs
+    model, meta = loaded or load_model(run, dev)                         # the run first: a wrong run folder is named before anything runs
     paths = [Path(p) for p in images] if isinstance(images, (list, tuple)) else image_paths(images)
     input_size = tuple(meta["model_config"]["input_size"])
     good, bad = filter_readable([Record(str(p), -1, camid_from_name(p) if camids else -1) for p in paths], warn=False)
@@ -85,12 +85,13 @@ def load_features(path) -> dict:
         raise ValueError(f"{path}: not a readable .npz feature file ({e})") from None
     raise ValueError(f"{path}: lacks {', '.join(sorted(missing))}; is it a feature file of reid-nb extract?")
 
-# %% ../nbs/35_infer.ipynb #5bf0e85b
+# %% ../nbs/35_infer.ipynb #da456e5b
 def search(run, queries, gallery, topk: int = 10, metric: str = EvalConfig.metric, **kw) -> list[dict]:
     """For each query image, its `topk` nearest gallery images: `[{query, top: [{path, distance}, …]}, …]`. `gallery` is a folder,
     a list file, or a `.npz` feature file of this run; `kw` go to `extract` (batch size, device, flip)."""
     if topk < 1: raise ValueError(f"topk={topk}: expected a positive integer")
     kw = dict(kw, normalize=True, camids=False)
+    kw["loaded"] = load_model(run, resolve_device(kw.get("device", "auto")))   # one model for the queries and the gallery
     q = extract(run, [Path(p) for p in ([queries] if isinstance(queries, (str, Path)) else queries)], **kw)
     if q["bad"]: raise ValueError("cannot read query image(s): " + "; ".join(f"{p} ({why})" for p, why in q["bad"]))
     g = load_features(gallery) if str(gallery).endswith(".npz") else extract(run, gallery, **kw)
