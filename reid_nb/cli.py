@@ -32,15 +32,16 @@ def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
         elif f.name in choices: p.add_argument(opt, choices=choices[f.name], default=None, help=help_)
         else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, default=None, metavar="TEXT", help=help_)
 
-PARAMS_SECTIONS = dict(profile=str, datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict, evaluate=dict)
+PARAMS_SECTIONS = dict(profile=str, datasets=list, eval_datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict,
+                       evaluate=dict)
 DATA_KEYS = ("root", "synthetic_seed", "archives")
 
 def _known(what: str, unknown, known) -> ValueError:
     return ValueError(f"unknown {what} {', '.join(map(repr, sorted(map(str, unknown))))}; known: {', '.join(map(str, known))}")
 
 def read_params(path) -> dict:
-    """A params file, checked: unknown sections, `data` keys, variants, datasets and `train` / `overrides` keys (and overrides of
-    unknown variants) are errors listing the known ones, so a typo never trains with the defaults. Values are checked where they
+    """A params file, checked: unknown sections, `data` keys, variants, datasets, `eval_datasets` outside `datasets`, and `train` /
+    `overrides` keys (and overrides of unknown variants) are errors listing the known ones, so a typo never trains with the defaults. Values are checked where they
     are used (`TrainConfig`, `EvalConfig`)."""
     from reid_nb.data import DATASETS
     path = Path(path)
@@ -59,6 +60,11 @@ def read_params(path) -> dict:
         if set(doc.get(key) or []) - set(known): raise _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in doc.get("seeds") or []):
         raise ValueError(f"{path}: seeds must be integers ≥ 0, got {doc['seeds']!r}")
+    cross = doc.get("eval_datasets") or []
+    if set(cross) - set(doc.get("datasets") or []):     # each needs its data stage, which `datasets` declares
+        raise ValueError(f"{path}: eval_datasets {', '.join(map(repr, sorted(map(str, set(cross) - set(doc.get('datasets') or [])))))} "
+                         f"not under datasets ({', '.join(map(str, doc.get('datasets') or [])) or 'none'}): every run is also tested on each dataset of eval_datasets, "
+                         f"and the pipeline prepares only the datasets listed under datasets; add them there")
     if set(doc.get("train") or {}) - set(fields): raise _known(f"training parameter(s) under train in {path}:", set(doc["train"]) - set(fields), fields)
     over = doc.get("overrides") or {}
     if set(over) - set(VARIANTS): raise _known(f"variant(s) under overrides in {path}:", set(over) - set(VARIANTS), VARIANTS)
@@ -112,7 +118,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run directory written by 'reid-nb train' (under torchrun write --run-dir: torchrun reads '--run' as its own option)")
     e.add_argument("--params", help="params.yaml: reads data.root and the 'evaluate' section (options given here win)")
-    e.add_argument("--dataset", help="dataset (default: the one the run was trained on)")
+    e.add_argument("--dataset", help="dataset to test on (default: the one the run was trained on; another one: a cross-domain "
+                   "evaluation, its wall times in the run's eval_summary-DATASET.json)")
     e.add_argument("--data-root", default=None, help="folder holding the datasets (default: data)")
     e.add_argument("--metrics", help="write the metrics JSON here (the metrics alone); the run information (variant, seed, CMC, "
                    "environment) goes beside it, into runs/NAME in the same folder")
@@ -359,7 +366,7 @@ def _report(args):
     doc = read_params(args.params)
     params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
                   profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [],
-                  seeds=doc.get("seeds") or [0])
+                  seeds=doc.get("seeds") or [0], eval_datasets=doc.get("eval_datasets") or [])
     nb, html = run_report(args.template, args.out, params)
     print(f"wrote {nb} and {html}")
 

@@ -211,7 +211,9 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     if rank == 0 and metrics_out:   # metrics alone (what `dvc metrics show/diff` compare), the rest beside them; no wall times
         atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
         atomic_write(info_path(metrics_out), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
-        atomic_write(Path(run_dir) / "eval_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(
+        own = dataset == meta.get("dataset", "synthetic")       # a cross-domain evaluation keeps its own summary
+        summary = Path(run_dir) / ("eval_summary.json" if own else f"eval_summary-{dataset}.json")
+        atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(dict(
             metrics=str(metrics_out), seconds=seconds), indent=2)))
     if rank == 0 and ranking_out:
         idx, vals = topk_ranking(torch.as_tensor(qg).cpu(), q_pids, g_pids, q_cams, g_cams, topk)

@@ -13,8 +13,8 @@ import pandas as pd
 __all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'VARIANT_COLORS',
            'load_metrics', 'load_query_ap', 'table1', 'split_constant', 'caption', 'to_markdown', 'save_table',
            'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps', 'ablation_statement',
-           'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs', 'plot_training', 'plot_data', 'pick_queries',
-           'plot_retrieval', 'plot_attention', 'report_html', 'run_report']
+           'cross_domain', 'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs', 'plot_training', 'plot_data',
+           'pick_queries', 'plot_retrieval', 'plot_attention', 'report_html', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -242,6 +242,32 @@ def ablation_statement(steps: pd.DataFrame, level: float = 0.95) -> str:
                 "of such tables would still show at least one distinguishable step; and not distinguishable is not the same as no effect.")
     if len(unjudged): out += " Without an interval: " + "; ".join(f"{r.step} ({r.interval})" for r in unjudged.itertuples()) + "."
     return out
+
+# %% ../nbs/33_report.ipynb #4d25235a
+def cross_domain(cross: pd.DataFrame, df: pd.DataFrame, order=tuple(VARIANT_LABELS), tolerance: float = 0.05) -> pd.DataFrame:
+    """The cross-domain table, one row per (variant, trained on, tested on): `n` seeds, mean mAP and R1 (%), the mAP's standard
+    deviation over seeds. `cross`: `load_metrics(metrics/cross)`; `df`: the in-domain metrics, which give each run's training
+    dataset (by run name) and must agree with the diagonal within `tolerance` mAP points."""
+    trained = dict(zip(df.run, df.dataset))
+    if missing := sorted(set(cross.run) - set(trained)):
+        raise ValueError(f"cross-domain metrics of run(s) {', '.join(missing)} have no in-domain metrics (metrics/RUN.json), so their "
+                         f"training dataset is unknown; run the evaluate stage (dvc repro) before the report")
+    cross = cross.assign(train_dataset=cross.run.map(trained))
+    same = cross[cross.train_dataset == cross.dataset].merge(df[["run", "mAP"]], on="run", suffixes=("", "_in"))
+    if len(same) and (gap := (same.mAP - same.mAP_in).abs().max()) > tolerance:
+        worst = same.loc[(same.mAP - same.mAP_in).abs().idxmax()]
+        raise ValueError(f"{worst.run} tested on its own dataset {worst.dataset}: mAP {worst.mAP:.3f} by the cross-domain stage, "
+                         f"{worst.mAP_in:.3f} by the evaluate stage (|difference| {gap:.3f} > {tolerance}); the two evaluations "
+                         f"saw different models or images: rerun both (dvc repro)")
+    rows = []
+    for (tr, te, v), g in cross.groupby(["train_dataset", "dataset", "variant"], sort=False):
+        rows.append(dict(variant=v, model=VARIANT_LABELS.get(v, v), trained_on=DATASET_LABELS.get(tr, tr),
+                         tested_on=DATASET_LABELS.get(te, te), n=len(g), mAP=g.mAP.mean(),
+                         mAP_sd=g.mAP.std(ddof=1) if len(g) > 1 else math.nan, R1=g.R1.mean(), rr_mAP=g.rr_mAP.mean(),
+                         in_domain="yes" if tr == te else "no"))
+    t = pd.DataFrame(rows)
+    t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
+    return t.sort_values(["_o", "trained_on", "tested_on"]).drop(columns="_o").reset_index(drop=True)
 
 # %% ../nbs/33_report.ipynb #2a3305d0
 def environments(df: pd.DataFrame) -> pd.DataFrame:
