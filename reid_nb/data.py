@@ -4,12 +4,12 @@
 
 # %% ../nbs/10_data.ipynb #924ff7e9
 from __future__ import annotations
-import hashlib, io, json, os, re, shutil, tempfile, warnings, zipfile
+import csv, hashlib, io, json, os, re, shutil, tempfile, warnings, zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
-from .download import download_url, safe_extract, check_file, file_hash, parse_checksum
+from .download import download_url, safe_extract, check_file, file_hash, parse_checksum, ChecksumError
 from .core import staging_dir
 from .transforms import read_image, BadImageError
 import numpy as np
@@ -20,11 +20,12 @@ from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_cam
 _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
 
 # %% auto #0
-__all__ = ['NAME_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'SPLITS', 'SOURCE_FILE', 'MANIFEST_HASH_DIGITS', 'ARCHIVE_NAMES',
-           'Record', 'parse_name', 'DatasetInfo', 'dataset_info', 'read_split', 'ReIDData', 'dataset_dir',
-           'find_dataset', 'read_dataset', 'archive_path', 'prepare_dataset', 'load_dataset', 'image_hashes',
-           'fingerprint_of', 'dataset_fingerprint', 'check_manifest', 'make_archive', 'make_synthetic',
-           'SyntheticConfig']
+__all__ = ['NAME_PATTERN', 'ANY_CAMS_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'BUILTIN_DATASETS', 'SPLITS', 'EXAMPLE_NAMES',
+           'SOURCE_FILE', 'MANIFEST_HASH_DIGITS', 'MSMT17_DIRS', 'MSMT17_LISTS', 'MSMT17_LIST_FILES', 'CUSTOM_COLUMNS',
+           'CUSTOM_KEYS', 'ARCHIVE_NAMES', 'Record', 'parse_name', 'DatasetInfo', 'dataset_info', 'read_split',
+           'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset', 'archive_path', 'prepare_dataset', 'load_dataset',
+           'image_hashes', 'fingerprint_of', 'dataset_fingerprint', 'check_manifest', 'msmt17_camera',
+           'read_msmt17_list', 'register_custom_datasets', 'make_archive', 'make_synthetic', 'SyntheticConfig']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
 class Record(NamedTuple):
@@ -34,17 +35,18 @@ class Record(NamedTuple):
     camid: int
 
 NAME_PATTERN = re.compile(r"([-\d]+)_c(\d)")
+ANY_CAMS_PATTERN = re.compile(r"([-\d]+)_c(\d+)")     # a custom dataset in the Market-1501 layout: any number of cameras (c12)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-def parse_name(name: str) -> tuple[int, int]:
-    "`(pid, camera)` from a Market-1501 / DukeMTMC-reID file name; the camera as written (1-based)."
-    m = NAME_PATTERN.search(name)
+def parse_name(name: str, pattern: re.Pattern = NAME_PATTERN) -> tuple[int, int]:
+    "`(pid, camera)` from a Market-1501 / DukeMTMC-reID / CUHK03-NP file name; the camera as written (1-based)."
+    m = pattern.search(name)
     try:
         if m is None: raise ValueError
         return int(m.group(1)), int(m.group(2))
     except ValueError:
         raise ValueError(f"{name}: cannot parse the person id and camera; expected names like 0002_c1s1_000451_03.jpg "
-                         f"(Market-1501) or 0001_c2_f0046182.jpg (DukeMTMC-reID), matching {NAME_PATTERN.pattern!r}") from None
+                         f"(Market-1501) or 0001_c2_f0046182.jpg (DukeMTMC-reID), matching {pattern.pattern!r}") from None
 
 # %% ../nbs/10_data.ipynb #965e29a0
 @dataclass(frozen=True)
@@ -52,11 +54,16 @@ class DatasetInfo:
     "Where a dataset comes from and what a complete copy looks like."
     name: str
     folder: str                       # the dataset folder (inside the archive, and under the data root)
-    num_cams: int                     # cameras are c1 … c{num_cams}
+    num_cams: int | None              # cameras are c1 … c{num_cams} (None: any number, for a custom dataset)
     archive: str | None = None        # the archive's file name
-    md5: str | None = None
+    md5: str | None = None            # None with an archive: no published MD5, the user declares the one of their copy
     url: str | None = None            # historical official URL (often down)
     sizes: tuple | None = None        # (train, query, gallery) image counts of a complete copy, junk dropped
+    layout: str = "market"            # market: three split folders | msmt17: list files + image folders | list: a custom list
+    releases: tuple = ()              # other (archive, folder) pairs that hold the same dataset (MSMT17_V2 next to MSMT17_V1)
+    ids: tuple | None = None          # (train, test) identity counts of a complete copy, where the papers give them
+    list_file: str | None = None      # a custom dataset's list (CSV or JSON), relative to its folder
+    custom: bool = False              # registered from params.yaml `data.custom`, read from its folder only (no archive)
 
 DATASETS = {
     "market1501": DatasetInfo("market1501", "Market-1501-v15.09.15", 6, "Market-1501-v15.09.15.zip",
@@ -64,26 +71,38 @@ DATASETS = {
                               (12936, 3368, 15913)),
     "dukemtmc": DatasetInfo("dukemtmc", "DukeMTMC-reID", 8, "DukeMTMC-reID.zip", "62d8f3c7d6b2c5dc3d8ca6af7515847c",
                             "http://vision.cs.duke.edu/DukeMTMC/data/misc/DukeMTMC-reID.zip", (16522, 2228, 17661)),
+    "msmt17": DatasetInfo("msmt17", "MSMT17_V1", 15, "MSMT17_V1.tar.gz", sizes=(32621, 11659, 82161), layout="msmt17",
+                          releases=(("MSMT17_V2.tar.gz", "MSMT17_V2"),), ids=(1041, 3060)),
+    "cuhk03_np_detected": DatasetInfo("cuhk03_np_detected", "cuhk03-np/detected", 2, "cuhk03-np.zip", sizes=(7365, 1400, 5332),
+                                      ids=(767, 700)),
+    "cuhk03_np_labeled": DatasetInfo("cuhk03_np_labeled", "cuhk03-np/labeled", 2, "cuhk03-np.zip", sizes=(7368, 1400, 5328),
+                                     ids=(767, 700)),
     "synthetic": DatasetInfo("synthetic", "synthetic", 9),
 }
+BUILTIN_DATASETS = tuple(DATASETS)      # what params.yaml `data.custom` may not redefine
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 def dataset_info(name: str) -> DatasetInfo:
     "The registry entry of `name`, or an error listing the known datasets."
-    if name not in DATASETS: raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        custom = [n for n in DATASETS if DATASETS[n].custom]
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(n for n in DATASETS if not DATASETS[n].custom)}"
+                       + (f"; custom: {', '.join(custom)}" if custom else "")
+                       + " (your own datasets are registered by name in params.yaml under data.custom)")
     return DATASETS[name]
 
 # %% ../nbs/10_data.ipynb #40e691c4
-def read_split(folder, num_cams: int, keep_distractors: bool) -> tuple[list[Record], int]:
-    "Records of the images in `folder` (camids 0-based), junk (pid -1) dropped; distractors (pid 0) kept only if `keep_distractors`."
+def read_split(folder, num_cams: int | None, keep_distractors: bool, pattern: re.Pattern = NAME_PATTERN) -> tuple[list[Record], int]:
+    """Records of the images in `folder` (camids 0-based), junk (pid -1) dropped; distractors (pid 0) kept only if `keep_distractors`.
+    `num_cams=None`: any camera c1, c2, … (with `pattern=ANY_CAMS_PATTERN` for more than nine)."""
     folder = Path(folder)
     records, dropped = [], 0
     for p in sorted(folder.iterdir()):
         if p.is_dir() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES: continue   # a broken link is kept: reading it names it
-        try: pid, cam = parse_name(p.name)
+        try: pid, cam = parse_name(p.name, pattern)
         except ValueError as e: raise ValueError(f"{folder}/{e}") from None
-        if not 1 <= cam <= num_cams:
-            raise ValueError(f"{p}: camera c{cam} is outside c1…c{num_cams} for this dataset")
+        if not 1 <= cam <= (num_cams or cam):
+            raise ValueError(f"{p}: camera c{cam} is outside c1…c{num_cams or 'N'} for this dataset")
         if pid < -1: raise ValueError(f"{p}: person id {pid} is not valid (−1 junk, 0 distractor, ≥ 1 identities)")
         if pid == -1 or (pid == 0 and not keep_distractors): dropped += 1; continue
         records.append(Record(str(p), pid, cam - 1))
@@ -127,54 +146,116 @@ class ReIDData:
 def _has_layout(folder: Path) -> bool: return all((folder/s).is_dir() for s in SPLITS.values())
 
 def _layout_error(name: str, folder: Path, hint: str = "") -> FileNotFoundError:
+    info = dataset_info(name)
+    if info.layout != "market": return _other_layout_error(info, folder, hint)
     missing = [str(folder/s) for s in SPLITS.values() if not (folder/s).is_dir()]
     return FileNotFoundError(f"{name}: no dataset in the Market-1501 layout at {folder} (missing: {', '.join(missing)}); "
                              f"expected a folder holding bounding_box_train/, query/ and bounding_box_test/ with images named "
-                             f"like 0002_c1s1_000451_03.jpg" + (f". {hint}" if hint else ""))
+                             f"like {EXAMPLE_NAMES.get(name, '0002_c1s1_000451_03.jpg')}" + (f". {hint}" if hint else ""))
+
+EXAMPLE_NAMES = {"cuhk03_np_detected": "0001_c1_1.png", "cuhk03_np_labeled": "0001_c1_1.png"}
+
+def _other_layout_error(info: DatasetInfo, folder: Path, hint: str = "") -> FileNotFoundError:
+    hint = f". {hint}" if hint else ""
+    if info.layout == "msmt17":
+        missing = [str(folder/f) for f in MSMT17_LIST_FILES if not (folder/f).is_file()]
+        if _msmt17_dirs(folder) is None:
+            missing.append(" + ".join(f"{folder/d}/" for d in MSMT17_DIRS["MSMT17_V1"]) + " (MSMT17_V1) or "
+                           + " + ".join(f"{d}/" for d in MSMT17_DIRS["MSMT17_V2"]) + " (MSMT17_V2)")
+        return FileNotFoundError(f"{info.name}: no dataset in the MSMT17 layout at {folder} (missing: {', '.join(missing)}); expected "
+                                 f"a folder holding {', '.join(MSMT17_LIST_FILES)} (lines 'RELATIVE/PATH.jpg PID') and the image "
+                                 f"folders train/ and test/ (MSMT17_V1) or mask_train_v2/ and mask_test_v2/ (MSMT17_V2){hint}")
+    return FileNotFoundError(f"{info.name}: no list file at {folder/info.list_file}; expected a CSV with the header "
+                             f"{','.join(CUSTOM_COLUMNS)} (or a JSON list of objects with those keys), one row per image, "
+                             f"paths relative to the list's folder{hint}")
+
+def _complete(info: DatasetInfo, folder: Path) -> bool:
+    "Whether `folder` holds a whole copy of the dataset in its layout (the files its reader needs, not yet their contents)."
+    if info.layout == "msmt17": return _msmt17_dirs(folder) is not None and all((folder/f).is_file() for f in MSMT17_LIST_FILES)
+    if info.layout == "list": return (folder/info.list_file).is_file()
+    return _has_layout(folder)
+
+def _partly_there(info: DatasetInfo, folder: Path) -> bool:
+    "Whether `folder` holds some of what the layout needs: a broken copy, never to be guessed past."
+    if info.layout == "msmt17": return any((folder/f).exists() for f in MSMT17_LIST_FILES + tuple(d for p in MSMT17_DIRS.values() for d in p))
+    if info.layout == "list": return info.custom and folder.name == info.name and folder.is_dir()
+    return any((folder/s).exists() for s in SPLITS.values())
+
+def _release_folders(info: DatasetInfo) -> list[str]:
+    "The folder names the dataset has inside its archive(s)."
+    return [info.folder] + [f for _, f in info.releases]
 
 def dataset_dir(name: str, root) -> Path:
     "Where dataset `name` lives for `root`: `root` itself if it is a dataset folder (or is named `name`), else `root/name`."
-    dataset_info(name)
+    info = dataset_info(name)
     root = Path(root)
-    return root if (_has_layout(root) or root.name == name) else root/name
+    return root if (_complete(info, root) or root.name == name) else root/name
 
 def find_dataset(name: str, root) -> Path | None:
     "The dataset folder of `name` for `root` when it is complete, None when it is missing; an error for a broken copy."
     info, folder = dataset_info(name), dataset_dir(name, root)
-    if _has_layout(folder): return folder
+    if _complete(info, folder): return folder
     for p in (folder, Path(root)):                                     # a broken copy: never guess past it
-        if any((p/s).exists() for s in SPLITS.values()): raise _layout_error(name, p)
-    other = folder.parent/info.folder
-    if info.folder != name and _has_layout(other):
-        raise _layout_error(name, folder, f"{other} looks like an extracted copy: rename it to {folder}")
+        if _partly_there(info, p): raise _layout_error(name, p)
+    for f in _release_folders(info):
+        other = folder.parent/f
+        if f != name and _complete(info, other):
+            verb = "rename it to" if "/" not in f else "move it to"
+            raise _layout_error(name, folder, f"{other} looks like an extracted copy: {verb} {folder}")
+        if info.layout != "market" and _complete(info, folder/f):      # <root>/msmt17/MSMT17_V2/: one level too deep
+            raise _layout_error(name, folder, f"{folder/f} looks like an extracted copy: move its contents up into {folder}")
     return None
 
 def read_dataset(name: str, folder) -> ReIDData:
-    "Parse the dataset folder `folder` (Market-1501 layout) with the Market-1501 protocol."
+    "Parse the dataset folder `folder` (in the dataset's layout) with the dataset's protocol."
     info, folder = dataset_info(name), Path(folder)
-    if not _has_layout(folder): raise _layout_error(name, folder)
-    splits, dropped = {}, {}
-    for split, sub in SPLITS.items():
-        splits[split], dropped[split] = read_split(folder/sub, info.num_cams, keep_distractors=(split == "gallery"))
+    if not _complete(info, folder): raise _layout_error(name, folder)
+    if info.layout == "msmt17": splits, dropped = _read_msmt17(info, folder), {s: 0 for s in SPLITS}
+    elif info.layout == "list": splits, dropped = _read_custom_list(info, folder), {s: 0 for s in SPLITS}
+    else:
+        splits, dropped = {}, {}
+        pattern = ANY_CAMS_PATTERN if info.custom else NAME_PATTERN
+        for split, sub in SPLITS.items():
+            splits[split], dropped[split] = read_split(folder/sub, info.num_cams, keep_distractors=(split == "gallery"), pattern=pattern)
+        if info.custom: _check_protocol(name, folder, splits)
+    return _assemble(info, folder, splits, dropped)
+
+def _assemble(info: DatasetInfo, folder: Path, splits: dict, dropped: dict) -> ReIDData:
+    "The dataset object: train pids relabelled 0…n-1 in sorted order; a warning when a copy is not the complete release."
+    name = info.name
     pids = sorted({r.pid for r in splits["train"]})
     relabel = {p: i for i, p in enumerate(pids)}
     train = [r._replace(pid=relabel[r.pid]) for r in splits["train"]]
     cams = {r.camid for recs in splits.values() for r in recs}
-    ds = ReIDData(name, folder, train, splits["query"], splits["gallery"], len(pids), max(cams) + 1, dropped)
+    num_cams = info.num_cams if info.custom and info.num_cams else max(cams) + 1
+    ds = ReIDData(name, folder, train, splits["query"], splits["gallery"], len(pids), num_cams, dropped)
     if info.sizes and info.sizes != (len(ds.train), len(ds.query), len(ds.gallery)):
         warnings.warn(f"{folder}: {len(ds.train)} / {len(ds.query)} / {len(ds.gallery)} train / query / gallery images, "
                       f"a complete {name} has {' / '.join(map(str, info.sizes))}; is the copy complete?")
+    test_ids = len({r.pid for r in ds.query} | {r.pid for r in ds.gallery})
+    if info.ids and info.ids != (ds.num_train_pids, test_ids):
+        warnings.warn(f"{folder}: {ds.num_train_pids} / {test_ids} train / test identities, a complete {name} has "
+                      f"{' / '.join(map(str, info.ids))}; is the copy complete?")
     return ds
 
 # %% ../nbs/10_data.ipynb #2953eb7a
 def archive_path(name: str, root) -> Path:
-    "Where the archive of `name` is expected: `<data root>/raw/<archive>`."
+    "Where the archive of `name` is expected: `<data root>/raw/<archive>` (of the releases, the first one that is there)."
     info = dataset_info(name)
-    if info.archive is None: raise ValueError(f"{name}: has no archive (it is generated)")
-    return dataset_dir(name, root).parent/"raw"/info.archive
+    if info.archive is None: raise ValueError(f"{name}: has no archive ({'a custom dataset is read from its folder' if info.custom else 'it is generated'})")
+    raw = dataset_dir(name, root).parent/"raw"
+    for a in [info.archive] + [a for a, _ in info.releases]:
+        if (raw/a).exists(): return raw/a
+    return raw/info.archive
 
 def _placement_hint(name: str, root) -> str:
     info = dataset_info(name)
+    if info.md5 is None or info.layout != "market":
+        names = " or ".join([info.archive] + [a for a, _ in info.releases])
+        inside = "list_train.txt" if info.layout == "msmt17" else "bounding_box_train"
+        return (f"Place a copy of {names} in {archive_path(name, root).parent}/ and declare its MD5 (no MD5 is published for "
+                f"{name}, so the checksum of your copy is declared: params.yaml data.archives.{name}: {{file: PATH, md5: \"HEX\"}}, "
+                f"or --archive FILE --md5 HEX), or extract it so that {dataset_dir(name, root)/inside} exists, and run again.")
     return (f"Place a copy of {info.archive} (md5 {info.md5}) at {archive_path(name, root)}, or extract it so that "
             f"{dataset_dir(name, root)/'bounding_box_train'} exists, and run again (or pass --url with a URL or a local path of the archive, or declare another copy with --archive FILE --md5 HEX).")
 
@@ -197,6 +278,7 @@ def prepare_dataset(name: str, root, url: str | None = None, download: bool = Fa
         if archive is not None or md5 is not None: raise ValueError("synthetic: is generated, it has no archive (archive/md5 given)")
         return _prepare_synthetic(folder, progress=progress, **synthetic_kwargs)
     if synthetic_kwargs: raise TypeError(f"{name}: unexpected arguments {sorted(synthetic_kwargs)} (they are for 'synthetic')")
+    if info.custom: return _prepare_custom(info, root, url=url, archive=archive, md5=md5)
     if (archive is None) != (md5 is None):
         raise ValueError(f"{name}: a declared archive needs both its file and its md5 (got archive={archive!r}, md5={md5!r}); "
                          "the checksum is never skipped")
@@ -208,25 +290,53 @@ def prepare_dataset(name: str, root, url: str | None = None, download: bool = Fa
         if md5 is not None: _check_source(name, folder, want)   # a declared archive: the folder must be its extraction
         return folder
     arc = Path(archive) if archive is not None else archive_path(name, root)
+    if want is None:                                     # no published MD5 and none declared: the checksum is never skipped
+        raise (ValueError(f"{name}: found {arc}, but no MD5 is published for {name}: declare the MD5 of your copy (md5sum {arc}) in "
+                          f"params.yaml data.archives.{name}: {{file: {arc}, md5: \"HEX\"}}, or pass --archive {arc} --md5 HEX; "
+                          f"the checksum is never skipped") if arc.exists() else
+               FileNotFoundError(f"{name}: not found at {folder}. " + _placement_hint(name, root)))
     if not arc.exists():
         src = url or (info.url if download and archive is None else None)
         if src is None:
             if archive is not None: raise FileNotFoundError(f"{name}: the declared archive {arc} does not exist (md5 {want})")
             raise FileNotFoundError(f"{name}: not found at {folder}. " + _placement_hint(name, root))
         download_url(src, arc, "md5:" + want, progress=progress, retries=2, timeout=30, hint=_placement_hint(name, root))
+    elif info.md5 is None:                               # a user-declared MD5 that differs is as likely a typo: keep the file
+        try: check_file(arc, "md5:" + want)
+        except ChecksumError as e:
+            raise ChecksumError(f"{name}: {e}; the file is kept as it is: no MD5 is published for {name}, so check the declared one "
+                                f"(md5sum {arc}) and whether this is the copy it was computed on") from None
     else:
         download_url(str(arc), arc, "md5:" + want)         # verify the copy in place (a bad one is set aside)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(folder.parent, name)           # `.NAME.XXXX.tmpPID`: a killed extraction's is removed by the next one
     try:
         made = safe_extract(arc, staging, progress=progress)
-        if not _has_layout(staging/info.folder):
+        src = next((staging/f for f in _release_folders(info) if _complete(info, staging/f)), None)
+        if src is None and info.layout == "market":
             raise FileNotFoundError(f"{arc}: the archive holds {', '.join(p.name for p in made)}, not a folder {info.folder}/ "
                                     f"with bounding_box_train/, query/ and bounding_box_test/")
-        (staging/info.folder/SOURCE_FILE).write_text(json.dumps(dict(archive=arc.name, md5=want)) + "\n")
-        os.replace(staging/info.folder, folder)
+        if src is None:
+            raise FileNotFoundError(f"{arc}: the archive holds {', '.join(p.name for p in made)}, not a folder "
+                                    f"{' or '.join(f + '/' for f in _release_folders(info))} with {', '.join(MSMT17_LIST_FILES)} and "
+                                    f"the image folders (train/ and test/, or mask_train_v2/ and mask_test_v2/)")
+        (src/SOURCE_FILE).write_text(json.dumps(dict(archive=arc.name, md5=want)) + "\n")
+        os.replace(src, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+def _prepare_custom(info: DatasetInfo, root, **given) -> Path:
+    "A custom dataset is the user's folder `<root>/<name>`: found, never fetched or extracted."
+    if any(v is not None for v in given.values()):
+        raise ValueError(f"{info.name}: a custom dataset (params.yaml data.custom) is read from its folder and has no archive "
+                         f"({', '.join(k for k, v in given.items() if v is not None)} given)")
+    folder = find_dataset(info.name, root)
+    if folder is None:
+        where = dataset_dir(info.name, root)
+        raise FileNotFoundError(f"{info.name}: no folder {where}; a custom dataset lives in <data root>/<name>: "
+                                + (f"put {info.list_file} and its images there" if info.list_file else
+                                   "put bounding_box_train/, query/ and bounding_box_test/ there (images named like 0002_c1_0001.jpg)"))
     return folder
 
 def _prepare_synthetic(folder: Path, progress: bool = True, **kwargs) -> Path:
@@ -305,6 +415,171 @@ def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = N
     for key in listed:
         if key not in hashes: raise ValueError(f"{key}: listed in {where}, but missing now: {fix}")
     raise ValueError(f"the images differ from {where} (fingerprint {str(manifest.get('fingerprint'))[:12]}… there, {fp[:12]}… now): {fix}")
+
+# %% ../nbs/10_data.ipynb #3de16fc0
+MSMT17_DIRS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}   # (train images, test images)
+MSMT17_LISTS = {"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",), "gallery": ("list_gallery.txt",)}
+MSMT17_LIST_FILES = tuple(f for fs in MSMT17_LISTS.values() for f in fs)
+
+def _msmt17_dirs(folder: Path) -> tuple[str, str] | None:
+    "The (train, test) image folders `folder` holds: MSMT17_V1's or MSMT17_V2's names, None when neither pair is there."
+    for dirs in MSMT17_DIRS.values():
+        if all((folder/d).is_dir() for d in dirs): return dirs
+    return None
+
+def _relative(p: str) -> bool:
+    "Whether path `p` is relative and stays inside its folder (no `..`): records must lie inside the dataset folder."
+    pp = Path(p.replace("\\", "/"))
+    return not pp.is_absolute() and ".." not in pp.parts and not re.match(r"^[A-Za-z]:", p)
+
+def msmt17_camera(rel: str) -> int:
+    "The camera (1-based, as written) of an MSMT17 image: the third `_` field of its file name, `0000_000_01_0303morning_0015_0.jpg` → 1."
+    parts = Path(rel).name.split("_")
+    if len(parts) < 3 or not parts[2].isdigit():
+        raise ValueError(f"{rel}: cannot read the camera from the file name; expected MSMT17 names like "
+                         f"0000_000_01_0303morning_0015_0.jpg (the third '_' field, 01…15, is the camera)")
+    return int(parts[2])
+
+def read_msmt17_list(list_file, images, num_cams: int = 15) -> list[Record]:
+    "Records of an MSMT17 list file (lines `RELATIVE/PATH.jpg PID`, paths relative to the folder `images`); camids 0-based."
+    list_file, images, out = Path(list_file), Path(images), []
+    for i, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip(): continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(f"{list_file}:{i}: {line.strip()!r} is not 'RELATIVE/PATH.jpg PID' (a path relative to {images.name}/, "
+                             f"a space, a person id ≥ 0)")
+        if not _relative(parts[0]): raise ValueError(f"{list_file}:{i}: {parts[0]}: expected a path relative to {images}")
+        try: cam = msmt17_camera(parts[0])
+        except ValueError as e: raise ValueError(f"{list_file}:{i}: {e}") from None
+        if not 1 <= cam <= num_cams: raise ValueError(f"{list_file}:{i}: {parts[0]}: camera {cam} is outside 1…{num_cams}")
+        out.append(Record(str(images/parts[0]), int(parts[1]), cam - 1))
+    if not out: raise ValueError(f"{list_file}: no images listed; expected lines 'RELATIVE/PATH.jpg PID'")
+    return out
+
+def _read_msmt17(info: DatasetInfo, folder: Path) -> dict[str, list[Record]]:
+    "MSMT17's three splits from its lists: train = list_train + list_val (train images), query and gallery (test images)."
+    train_dir, test_dir = _msmt17_dirs(folder)
+    splits = {split: [r for f in files for r in read_msmt17_list(folder/f, folder/(train_dir if split == "train" else test_dir),
+                                                                 info.num_cams)]
+              for split, files in MSMT17_LISTS.items()}
+    _check_files(info.name, folder, splits, "listed in its list files")
+    return splits
+
+def _check_files(name: str, folder: Path, splits: dict, how: str):
+    "An error naming the first few records whose image file is missing, and how many are."
+    missing = [r.path for recs in splits.values() for r in recs if not os.path.isfile(r.path)]
+    if missing:
+        raise FileNotFoundError(f"{name}: {len(missing)} image(s) {how} are missing under {folder}: "
+                                + ", ".join(missing[:3]) + (f", … ({len(missing) - 3} more)" if len(missing) > 3 else ""))
+
+# %% ../nbs/10_data.ipynb #3dfbbb5f
+CUSTOM_COLUMNS = ("path", "pid", "camid", "split")
+CUSTOM_KEYS = ("list", "num_cams")
+_NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+def register_custom_datasets(spec: dict | None, source: str = "params.yaml data.custom") -> list[str]:
+    """Register the user's own datasets, `{name: {} | {list: FILE, num_cams: N}}` (params.yaml `data.custom`), in `DATASETS`.
+    `{}`: `<root>/<name>` in the Market-1501 layout (any number of cameras); `list`: a CSV or JSON list of images in `<root>/<name>`.
+    A name may not shadow a built-in dataset. Registering again replaces the earlier custom entry. Returns the names."""
+    if spec is None: return []
+    if not isinstance(spec, dict): raise ValueError(f"{source}: expected a mapping of dataset names to settings, got {spec!r}")
+    infos = {}
+    for name, opts in spec.items():
+        where = f"{source}.{name}"
+        if name in BUILTIN_DATASETS:
+            raise ValueError(f"{where}: {name!r} is a built-in dataset ({', '.join(BUILTIN_DATASETS)}); give your own dataset another name")
+        if not isinstance(name, str) or not _NAME_OK.fullmatch(name):
+            raise ValueError(f"{where}: a dataset name is letters, digits, '_', '-' and '.' (it names the folder <root>/{name})")
+        opts = {} if opts is None else opts
+        if not isinstance(opts, dict): raise ValueError(f"{where}: expected a mapping (keys {', '.join(CUSTOM_KEYS)}) or {{}}, got {opts!r}")
+        if set(opts) - set(CUSTOM_KEYS):
+            raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, sorted(map(str, set(opts) - set(CUSTOM_KEYS)))))}; known: {', '.join(CUSTOM_KEYS)}")
+        n = opts.get("num_cams")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"{where}.num_cams: expected a whole number ≥ 1, got {n!r}")
+        lst = opts.get("list")
+        if lst is not None and (not isinstance(lst, str) or not _relative(lst) or Path(lst).suffix.lower() not in (".csv", ".json")):
+            raise ValueError(f"{where}.list: expected a .csv or .json file name relative to <root>/{name}, got {lst!r}")
+        infos[name] = DatasetInfo(name, name, n, layout="list" if lst else "market", list_file=lst, custom=True)
+    DATASETS.update(infos)
+    return list(infos)
+
+def _read_rows(list_file: Path) -> list[tuple[str, dict]]:
+    "`(where, row)` for each image of a custom list: a CSV with the header path,pid,camid,split, or a JSON list of such objects."
+    want = ",".join(CUSTOM_COLUMNS)
+    if list_file.suffix.lower() == ".json":
+        try: doc = json.loads(list_file.read_text())
+        except ValueError as e: raise ValueError(f"{list_file}: not valid JSON ({e}); expected a list of objects with keys {want}") from None
+        if not isinstance(doc, list): raise ValueError(f"{list_file}: expected a JSON list of objects with keys {want}, got a {type(doc).__name__}")
+        rows = []
+        for i, row in enumerate(doc):
+            if not isinstance(row, dict) or set(row) != set(CUSTOM_COLUMNS):
+                raise ValueError(f"{list_file}: item {i}: expected an object with exactly the keys {want}, got {row!r}")
+            rows.append((f"{list_file}: item {i}", row))
+        return rows
+    with open(list_file, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        if sorted(header) != sorted(CUSTOM_COLUMNS):
+            raise ValueError(f"{list_file}: the header is {','.join(header) or '(empty file)'}; expected {want}")
+        reader.fieldnames = header
+        rows = []
+        for row in reader:
+            where = f"{list_file}:{reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                raise ValueError(f"{where}: expected {len(CUSTOM_COLUMNS)} fields ({want}), got {row.get(None) or [v for v in row.values() if v is not None]}")
+            rows.append((where, {k: v.strip() for k, v in row.items()}))
+    return rows
+
+def _label(v, what: str, where: str):
+    "A pid or camid as written: an int (digits in a CSV are one), or a non-empty name."
+    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v): v = int(v)
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or v == "":
+        raise ValueError(f"{where}: {what} {v!r}: expected a whole number or a name")
+    return v
+
+def _numbering(values) -> dict:
+    "Consecutive ints for labels in sorted order (numbers by value, names by text; numbers before names)."
+    return {v: i for i, v in enumerate(sorted(set(values), key=lambda v: (isinstance(v, str), v if isinstance(v, int) else 0, str(v))))}
+
+def _read_custom_list(info: DatasetInfo, folder: Path) -> dict[str, list[Record]]:
+    "The splits of a custom list: pids kept when all are numbers ≥ 0 (else numbered in sorted order), camids 0-based in sorted order."
+    list_file = folder/info.list_file
+    rows, base = _read_rows(list_file), list_file.parent
+    items = []
+    for where, row in rows:
+        split = row["split"]
+        if split not in SPLITS: raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        path = str(row["path"])
+        if not path or not _relative(path): raise ValueError(f"{where}: path {path!r}: expected a path relative to {base}")
+        pid, cam = _label(row["pid"], "pid", where), _label(row["camid"], "camid", where)
+        if isinstance(pid, int) and pid < 0: raise ValueError(f"{where}: pid {pid}: expected a number ≥ 0 or a name")
+        items.append((split, str(base/path), pid, cam))
+    pids = {p for _, _, p, _ in items}
+    pid_of = {p: p for p in pids} if all(isinstance(p, int) for p in pids) else _numbering(pids)
+    cam_of = _numbering(c for _, _, _, c in items)
+    if info.num_cams and len(cam_of) > info.num_cams:
+        raise ValueError(f"{list_file}: {len(cam_of)} cameras ({', '.join(map(str, cam_of))}), but num_cams is {info.num_cams}")
+    splits = {s: [] for s in SPLITS}
+    for split, path, pid, cam in items: splits[split].append(Record(path, pid_of[pid], cam_of[cam]))
+    empty = [s for s, recs in splits.items() if not recs]
+    if empty: raise ValueError(f"{list_file}: no images in split(s) {', '.join(empty)}; every split (train, query, gallery) needs images")
+    _check_files(info.name, folder, splits, f"listed in {list_file.name}")
+    names = {v: k for k, v in pid_of.items()}
+    _check_protocol(info.name, list_file, splits, names)
+    return splits
+
+def _check_protocol(name: str, where, splits: dict, names: dict | None = None):
+    "Every query identity must be in the gallery (an error naming them); a train identity among the test ones is a warning."
+    show = lambda pids: ", ".join(str(names.get(p, p) if names else p) for p in sorted(pids)[:5]) + (f", … ({len(pids) - 5} more)" if len(pids) > 5 else "")
+    gallery = {r.pid for r in splits["gallery"]}
+    lost = {r.pid for r in splits["query"]} - gallery
+    if lost: raise ValueError(f"{where}: {len(lost)} query identit{'y' if len(lost) == 1 else 'ies'} not in the gallery ({show(lost)}): "
+                              f"such a query has no right answer; add its gallery images or drop the query")
+    both = {r.pid for r in splits["train"]} & (gallery | {r.pid for r in splits["query"]})
+    if both: warnings.warn(f"{where}: {len(both)} identit{'y is' if len(both) == 1 else 'ies are'} in both the training and the test "
+                           f"splits ({show(both)}); the usual protocol keeps them apart")
 
 # %% ../nbs/10_data.ipynb #31adcf27
 ARCHIVE_NAMES = {    # how each release names a box: Market-1501 PPPP_cCsS_FFFFFF_BB.jpg, DukeMTMC-reID PPPP_cC_fFFFFFFF.jpg
