@@ -177,7 +177,9 @@ def _complete(info: DatasetInfo, folder: Path) -> bool:
 
 def _partly_there(info: DatasetInfo, folder: Path) -> bool:
     "Whether `folder` holds some of what the layout needs: a broken copy, never to be guessed past."
-    if info.layout == "msmt17": return any((folder/f).exists() for f in MSMT17_LIST_FILES + tuple(d for p in MSMT17_DIRS.values() for d in p))
+    if info.layout == "msmt17":           # `train/`, `test/` alone are too common to mean MSMT17 in a data root
+        return (any((folder/f).exists() for f in MSMT17_LIST_FILES)
+                or folder.name == info.name and any((folder/d).exists() for p in MSMT17_DIRS.values() for d in p))
     if info.layout == "list": return info.custom and folder.name == info.name and folder.is_dir()
     return any((folder/s).exists() for s in SPLITS.values())
 

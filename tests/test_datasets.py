@@ -114,6 +114,9 @@ def test_msmt17_bad_input_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="list_val.txt: no images listed"): load_dataset("msmt17", tmp_path)
     shutil.rmtree(folder / "mask_train_v2")
     with pytest.raises(FileNotFoundError, match=r"\(MSMT17_V1\) or mask_train_v2/ \+ mask_test_v2/ \(MSMT17_V2\)"): load_dataset("msmt17", tmp_path)
+    other = tmp_path / "other"; (other / "test").mkdir(parents=True)               # a data root with an unrelated test/ folder
+    with pytest.raises(FileNotFoundError, match=r"msmt17: not found at .*other/msmt17\. Place a copy of MSMT17_V1.tar.gz or MSMT17_V2.tar.gz"):
+        load_dataset("msmt17", other)
 
 
 # CUHK03-NP --------------------------------------------------------------------------------------------------------------------
