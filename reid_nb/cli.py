@@ -34,16 +34,17 @@ def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
 
 PARAMS_SECTIONS = dict(profile=str, datasets=list, eval_datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict,
                        evaluate=dict)
-DATA_KEYS = ("root", "synthetic_seed", "archives")
+DATA_KEYS = ("root", "synthetic_seed", "archives", "custom")
 
 def _known(what: str, unknown, known) -> ValueError:
     return ValueError(f"unknown {what} {', '.join(map(repr, sorted(map(str, unknown))))}; known: {', '.join(map(str, known))}")
 
 def read_params(path) -> dict:
     """A params file, checked: unknown sections, `data` keys, variants, datasets, `eval_datasets` outside `datasets`, and `train` /
-    `overrides` keys (and overrides of unknown variants) are errors listing the known ones, so a typo never trains with the defaults. Values are checked where they
-    are used (`TrainConfig`, `EvalConfig`)."""
-    from reid_nb.data import DATASETS
+    `overrides` keys (and overrides of unknown variants) are errors listing the known ones, so a typo never trains with the defaults.
+    Values are checked where they are used (`TrainConfig`, `EvalConfig`). The user's own datasets, `data.custom`, are registered
+    first (`register_custom_datasets`), so that `datasets` and every command given these params know them by name."""
+    from reid_nb.data import DATASETS, register_custom_datasets
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such params file")
     try: doc = yaml.safe_load(path.read_text())
@@ -56,8 +57,11 @@ def read_params(path) -> dict:
             raise ValueError(f"{path}: '{k}' must be a {dict(str='string', list='list', dict='mapping')[t.__name__]}, got {doc[k]!r}")
     data, fields = doc.get("data") or {}, [f.name for f in dataclasses.fields(TrainConfig)]
     if set(data) - set(DATA_KEYS): raise _known(f"key(s) under data in {path}:", set(data) - set(DATA_KEYS), DATA_KEYS)
+    register_custom_datasets(data.get("custom"), source=f"{path}: data.custom")
     for key, known in (("variants", VARIANTS), ("datasets", DATASETS)):
-        if set(doc.get(key) or []) - set(known): raise _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
+        if set(doc.get(key) or []) - set(known):
+            err = _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
+            raise err if key == "variants" else ValueError(f"{err} (your own datasets are registered by name under data.custom)")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in doc.get("seeds") or []):
         raise ValueError(f"{path}: seeds must be integers ≥ 0, got {doc['seeds']!r}")
     cross = doc.get("eval_datasets") or []
@@ -145,7 +149,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="make a dataset ready (synthesise or download+verify+extract)",
                         description="The pipeline's data stage: 'synthetic' is generated (deterministic from --seed); "
                         "market1501/dukemtmc are located or fetched, verified and extracted.")
-    pr.add_argument("dataset", choices=("synthetic", "market1501", "dukemtmc"))
+    pr.add_argument("dataset", help="synthetic, market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, or your own dataset registered in --params under data.custom")
     pr.add_argument("--params", help="params.yaml: reads data.root, data.synthetic_seed and data.archives.DATASET (options given here win)")
     pr.add_argument("--root", default=None, help="data root (default: data)")
     pr.add_argument("--seed", type=int, default=None, help="seed of the synthetic dataset (default: 0)")
