@@ -129,8 +129,8 @@ def export_run(run, out, format: str = "onnx", check: bool = True, tolerance: fl
     h, w = (int(v) for v in meta["model_config"]["input_size"])
     label = f"variant {meta['variant']!r} of run {run}"
     info = dict(variant=meta["variant"], input_size=f"{h},{w}", layout="NCHW, RGB, float32", mean=",".join(map(str, IMAGENET_MEAN)),
-                std=",".join(map(str, IMAGENET_STD)), feature="the evaluation's feature (BNNeck output, eval mode), before flip-averaging "
-                "and L2 normalisation", opset=OPSET)
+                std=",".join(map(str, IMAGENET_STD)), opset=OPSET, feature=f"the evaluation's feature (the head's output in evaluation mode: "
+                f"{'the BNNeck' if model.head.neck_kind == 'bnneck' else 'the pooled feature'}), before flip-averaging and L2 normalisation")
     path = export_onnx(model, out, (h, w), label=label, metadata={f"reid_nb.{k}": v for k, v in info.items()})
     res = dict(path=path, variant=meta["variant"], input_size=[h, w], feature_dim=model.feature_dim, opset=OPSET, format=format,
                max_abs_diff=None, batch_sizes=list(batch_sizes))
