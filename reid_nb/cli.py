@@ -217,6 +217,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
     x.add_argument("--no-normalize", action="store_true", help="keep the features' length (default: L2-normalised)")
     x.add_argument("--camid-from-name", action="store_true", help="also store each image's camera, read from a Market-1501 style name")
+    ex = sub.add_parser("export", help="a trained run as one ONNX file, checked against PyTorch with onnxruntime")
+    ex.add_argument("--run", required=True, help="a run folder of reid-nb train (config.json + model.safetensors)")
+    ex.add_argument("--format", default="onnx", help="the file format; only onnx (default: onnx)")
+    ex.add_argument("--out", required=True, help="the file to write (.onnx)")
+    ex.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="run the file with onnxruntime on the CPU "
+                    "and PyTorch on the same random batches of 4 and of 1 image, print the largest feature difference, and fail "
+                    "beyond --tolerance (default: on)")
+    if command in (None, "export"):      # reid_nb.export imports the evaluation stack: only when it is the command
+        from reid_nb.export import OPSET, TOLERANCE
+        ex.add_argument("--tolerance", type=float, default=TOLERANCE, metavar="FLOAT",
+                        help=f"the largest feature difference the check accepts (default: {TOLERANCE:g})")
+        ex.description = (f"Write a trained run's network as one ONNX file, opset {OPSET} (PyTorch's dynamo exporter, which needs "
+                          "onnxscript): input 'images', a float32 batch N x 3 x H x W at the run's input size, normalised with the "
+                          "ImageNet mean and std as for the evaluation; output 'features', N x D, the feature the evaluation extracts "
+                          "(before it averages it with the mirrored image's and L2-normalises it); N is dynamic. Needs onnx, "
+                          "onnxscript and onnxruntime (the dev extras).")
 
     sub.add_parser("variants", help="list the model variants", description="List the model variants and their configs.")
     return p
@@ -418,11 +434,20 @@ def _search(args):
     for r in res: print(f"{r['query']}: top-1 {r['top'][0]['path']} ({r['top'][0]['distance']:.4f})")
     print(f"wrote {js} and {png}")
 
+def _export(args):
+    from reid_nb.export import export_run
+    res = export_run(args.run, args.out, format=args.format, check=args.check, tolerance=args.tolerance)
+    h, w = res["input_size"]
+    print(f"wrote {res['path']}: {res['variant']}, input N x 3 x {h} x {w} -> features N x {res['feature_dim']}, opset {res['opset']}, N dynamic")
+    if res["max_abs_diff"] is not None:
+        print(f"check: onnxruntime (CPU) vs PyTorch, batches of {' and '.join(map(str, res['batch_sizes']))}: "
+              f"max |feature difference| {res['max_abs_diff']:.2e} (tolerance {args.tolerance:g})")
+
 def _variants(args):
     for name, c in VARIANTS.items(): print(f"{name:10s} {json.dumps(c)}")
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "synth": _synth, "download": _download, "prepare": _prepare, "report": _report,
-            "bench": _bench, "profile": _profile, "variants": _variants, "extract": _extract, "search": _search,
+            "bench": _bench, "profile": _profile, "variants": _variants, "extract": _extract, "search": _search, "export": _export,
             "make-rehearsal": lambda a: make_rehearsal(a.params, seed=a.seed, out_params=a.out_params)}
 
 USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError, FolderLocked, DownloadError, yaml.YAMLError)
