@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ["params.yaml", "params-paper.yaml", "params-rehearsal.yaml"]
 EVALUATE_KEYS = {"rerank", "flip", "metric", "topk", "device", "batch_size", "num_workers", "data_path"}
 # What "only the scale changed" may touch: the data (local archives, their own root), the run length and size, the device.
-SCALE_KEYS = {"profile", "variants", "seeds", "data.root", "train.epochs", "train.P", "train.device", "train.pretrained",
+SCALE_KEYS = {"profile", "variants", "seeds", "eval_datasets", "data.root", "train.epochs", "train.P", "train.device", "train.pretrained",
               "train.num_workers", "evaluate.batch_size"}
 
 
@@ -25,7 +25,7 @@ def read(name): return yaml.safe_load((ROOT / name).read_text())
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_is_consistent_with_the_code(name):
     doc = read(name)
-    assert set(doc) <= {"profile", "datasets", "variants", "seeds", "data", "train", "overrides", "evaluate"}, sorted(doc)
+    assert set(doc) <= {"profile", "datasets", "eval_datasets", "variants", "seeds", "data", "train", "overrides", "evaluate"}, sorted(doc)
     seeds = doc["seeds"]                # the pipeline's matrix: each stage passes its own --seed, which wins over any other
     assert isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds), seeds
     assert "seed" not in doc["train"] and not any("seed" in (o or {}) for o in doc["overrides"].values()), \
