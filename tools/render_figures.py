@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "figure"
 KEEP = "image/png"
-MAX_PNG = 80_000          # bytes of one PNG (decoded); draw at a small figsize/dpi to stay under it
+MAX_PNG = 100_000         # bytes of one PNG (decoded); draw at a small figsize/dpi to stay under it
 
 
 def is_figure(cell) -> bool:
