@@ -78,9 +78,9 @@ class ReIDLoss(nn.Module):
         if self.check_labels and len(pids) and (int(pids.min()) < 0 or int(pids.max()) >= self.num_classes):
             raise ValueError(f"pids must lie in [0, {self.num_classes}), got values in [{int(pids.min())}, {int(pids.max())}]")
         ce = cross_entropy_ls(logits, pids, self.label_smoothing)
-        tri, sat = batch_hard_triplet(feat, pids, self.margin, self.soft_margin)
+        tri, _ = batch_hard_triplet(feat, pids, self.margin, self.soft_margin)
         total = ce + tri
-        parts = dict(ce=ce.detach(), triplet=tri.detach(), triplet_satisfied=sat)
+        parts = dict(ce=ce.detach(), triplet=tri.detach())
         if self.center is not None:
             c = self.center(feat, pids)
             total = total + self.center_weight * c

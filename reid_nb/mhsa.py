@@ -63,5 +63,4 @@ def add_mhsa(backbone: ResNetReID, input_size=(256, 128), stages=("conv4", "conv
             block.conv2 = MHSA(conv.in_channels, feat_size=size, stride=sh, num_heads=num_heads, input_size=input_size)
             size = ((size[0] + sh - 1) // sh, (size[1] + sh - 1) // sh)
         assert size == shapes[stage][1:], (stage, size, shapes[stage])
-    backbone.mhsa_input_size = input_size
     return backbone

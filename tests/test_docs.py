@@ -1,0 +1,85 @@
+"""The notebooks as documents: every committed notebook carries the PNGs of its figure cells and nothing else (so JupyterLab
+and a code host show the figures, and diffs stay small), `nbdev_clean` leaves every notebook as committed, and nbdev's doc
+processing (`nbdev_proc_nbs`, the step of `nbdev_docs` before quarto renders the site) succeeds on every notebook.
+Re-render figures with `python tools/render_figures.py NOTEBOOK...`."""
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from render_figures import check_outputs, is_figure  # noqa: E402
+
+NBS = ROOT / "nbs"
+NOTEBOOKS = sorted(f for f in NBS.rglob("*.ipynb") if not any(s.startswith((".", "_")) for s in f.relative_to(NBS).parts))
+BIN = Path(sys.executable).parent
+MAX_NB_FIGURES = 400_000   # bytes of PNG output (base64) in one notebook
+
+
+def _cfg():
+    c = configparser.ConfigParser(); c.read(ROOT / "settings.ini"); return c["DEFAULT"]
+
+
+def test_settings_keep_figures_and_the_hand_written_readme():
+    c = _cfg()
+    assert c["clear_all"] == "False"                         # nbdev_clean keeps outputs...
+    assert "tags" in c["allowed_cell_metadata_keys"].split()  # ...and the `figure` tag that marks the cells allowed to have them
+    assert (NBS / "index.ipynb").exists()                    # the docs site's front page
+    # nbdev_docs/nbdev_prepare regenerate README.md from `readme_nb` when that notebook is newer; README.md is written by
+    # hand (and tests/test_readme.py checks its tables), so `readme_nb` names no notebook and nbdev never overwrites it
+    assert not (NBS / c["readme_nb"]).exists()
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: str(p.relative_to(NBS)))
+def test_outputs_only_in_figure_cells(nb):
+    d = json.loads(nb.read_text(encoding="utf-8"))
+    assert check_outputs(d, nb.name) == []
+    png = sum(len(o["data"]["image/png"]) for c in d["cells"] if is_figure(c) for o in c.get("outputs", []))
+    assert png <= MAX_NB_FIGURES, f"{nb.name}: {png} bytes of figures"
+
+
+def _copy_project(dst: Path):
+    for f in subprocess.run(["git", "ls-files", "nbs", "reid_nb", "settings.ini"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split():
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+    for nb in NOTEBOOKS:  # the working copies, committed or not
+        shutil.copy2(nb, dst / nb.relative_to(ROOT))
+
+
+def test_nbdev_clean_leaves_every_notebook_unchanged(tmp_path):
+    _copy_project(tmp_path)
+    subprocess.run([str(BIN / "nbdev_clean")], cwd=tmp_path, check=True, capture_output=True)
+    changed = [str(nb.relative_to(ROOT)) for nb in NOTEBOOKS if (tmp_path / nb.relative_to(ROOT)).read_bytes() != nb.read_bytes()]
+    assert not changed, f"nbdev_clean changes {changed}: run nbdev_clean (or tools/render_figures.py) on them"
+
+
+def test_nbdev_proc_nbs_processes_every_notebook(tmp_path):
+    """`nbdev_proc_nbs` runs in a copy of the project (it writes `_proc/`, `nbs/_quarto.yml`, `nbs/sidebar.yml` and
+    `reid_nb/_modidx.py`). It installs quarto when none is on the PATH, although it never calls it: a stub named `quarto`
+    stands in, so the step runs where quarto cannot be installed. Every notebook's processed copy must come out."""
+    _copy_project(tmp_path)
+    stub = tmp_path / "bin" / "quarto"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\necho 'quarto stub: nbdev_proc_nbs does not call quarto' >&2\nexit 1\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{stub.parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    p = subprocess.run([str(BIN / "nbdev_proc_nbs"), "--n_workers", "2"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    missing = [str(nb.relative_to(NBS)) for nb in NOTEBOOKS if not (tmp_path / "_proc" / nb.relative_to(NBS)).exists()]
+    assert not missing, f"nbdev_proc_nbs did not process {missing}"
+
+
+def test_index_lists_every_chapter():
+    "The front page's reading order names every chapter (add a line to nbs/index.ipynb for a new notebook)."
+    index = "".join("".join(c["source"]) for c in json.loads((NBS / "index.ipynb").read_text(encoding="utf-8"))["cells"])
+    missing = [nb.name for nb in NOTEBOOKS if nb.parent == NBS and nb.name != "index.ipynb" and f"]({nb.name})" not in index]
+    assert not missing, f"nbs/index.ipynb does not list {missing}"
