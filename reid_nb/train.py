@@ -80,7 +80,7 @@ class TrainConfig:
         check_fields(self)                          # types: "no" is not a bool, "1e-3" is a number (see 28_core)
         for k in ("variant", "dataset", "seed"): self.out = self.out.replace("{" + k + "}", str(getattr(self, k)))
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
-        for k, allowed in self.CHOICES.items():
+        for k, allowed in TrainConfig.CHOICES.items():     # a subclass (BenchConfig) checks its own choices
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
         for k in ("epochs", "K", "log_every"):
