@@ -288,7 +288,7 @@ def test_a_bad_image_is_one_line_in_training_and_refused_by_the_data_stage(data_
     elif damage == "empty": img.write_bytes(b"")
     elif damage == "dangling link": img.unlink(); img.symlink_to(tmp_path / "gone.png")
     else: Image.new("1", (9000, 9000)).save(img, "PNG")                        # 81 M pixels in a few kB
-    one_line_error(cli("train", *TINY, "--data-root", data_copy, "--out", tmp_path / "r", *SHORT, "--gpu-data", "on"), img, message)
+    one_line_error(cli("train", *TINY, "--data-root", data_copy, "--out", tmp_path / "r", *SHORT, "--data-path", "resident"), img, message)
     p = cli("prepare", "synthetic", "--root", data_copy, "--manifest", tmp_path / "m.json")
     one_line_error(p, "1 of", "images cannot be read", img)
     assert not (tmp_path / "m.json").exists()
