@@ -5,7 +5,7 @@
 # %% ../nbs/34_bench.ipynb #e3f42f22
 from __future__ import annotations
 import argparse, gc, json, math, os, platform, sys, tempfile, time, warnings
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,17 +15,19 @@ from .sampler import PKSampler
 from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
-from .train import TrainConfig, TrainBatches, TrainStep, RunningStats, HostReads, build_training
-from .core import auto_on, resolve_device, amp_dtype, atomic_write, in_notebook
+from .train import TrainConfig
+from .loader import TrainBatches
+from .step import TrainStep, RunningStats, HostReads, build_training
+from .core import auto_on, resolve_device, amp_dtype, atomic_write, in_notebook, add_config_options
 
 # %% auto #0
 __all__ = ['PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
            'preset_config', 'LongEpochs', 'time_loop', 'count_host_syncs', 'train_setup', 'measure_inference',
            'market_like_labels', 'eval_problem', 'measure_eval', 'environment', 'benchmark', 'format_report',
-           'add_arguments', 'config_from_args', 'run', 'main']
+           'add_arguments', 'config_from_args', 'run', 'main', 'report_page']
 
 # %% ../nbs/34_bench.ipynb #2ea318ab
-PATHS = ("resident", "classic")                       # device-resident uint8 cache + BatchAugment | ImageDataset + DataLoader
+PATHS = ("resident", "classic")                       # the data paths a benchmark compares (`26_loader`)
 EVAL_SCALES = {  # queries, gallery, identities, distractors, feature dim (the scales of bench/bench_metrics.py)
     "tiny": (60, 300, 20, 40, 64),
     "small": (842, 3978, 188, 700, 2048),
@@ -34,62 +36,50 @@ EVAL_SCALES = {  # queries, gallery, identities, distractors, feature dim (the s
 PAPER_EPOCHS, MARKET_TRAIN_IMAGES, MARKET_TEST_IMAGES = 120, 12_936, 3_368 + 15_913
 
 @dataclass
-class BenchConfig:
-    "What one benchmark run measures, and how."
-    variants: tuple = ("baseline",)
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    dataset: str = "synthetic"           # synthetic | market1501 | dukemtmc
-    data_root: str | None = None         # None: a temporary folder (synthetic), else 'data'
-    input_size: tuple = (64, 32)         # H, W fed to the network
-    P: int = 4
-    K: int = 2
+class BenchConfig(TrainConfig):
+    "What one benchmark run measures, and how: a `TrainConfig` (the settings of each measured step) and the benchmark's own fields."
+    variants: tuple[str, ...] = ("baseline",)   # variants to measure, or 'all'
+    data_paths: tuple[str, ...] = PATHS         # the data paths to time, each a TrainConfig.data_path value
     warmup: int = 1                      # untimed steps before the timed ones (the classic path adds 4 per worker)
     steps: int = 3                       # timed steps per variant and path
-    amp: str = "auto"                    # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    channels_last: str = "auto"          # auto (on for CUDA) | on | off
-    compile: bool = False                # torch.compile the model
     fused: str = "auto"                  # fused Adam: auto (on, as fit does, CPU or CUDA) | on | off
-    deterministic: bool = False          # deterministic algorithms (and cudnn.benchmark off), as the engine's default
-    num_workers: int = 2                 # DataLoader workers of the classic path
     threads: int = 0                     # torch intra-op threads in this process (0: leave torch's setting)
-    paths: tuple = PATHS
-    train: bool = True                   # time training steps (False: the data paths alone, inference, evaluation)
+    train: bool = True                   # time training steps (off: the data paths alone, inference, evaluation)
     infer_batch: int = 32                # batch of the feature-extraction measurement (0: skip it)
-    eval_scale: str = "tiny"             # tiny | small | market | none
-    eval_repeats: int = 3
-    rerank: bool = True
-    seed: int = 0
+    eval_scale: str = "tiny"             # evaluation / re-ranking problem size: tiny | small | market | none
+    eval_repeats: int = 3                # timed repeats of the evaluation (the median is reported)
+    rerank: bool = True                  # also time re-ranking
+
+    CHOICES = dict(TrainConfig.CHOICES, data_paths=PATHS, fused=("auto", "on", "off"), eval_scale=(*EVAL_SCALES, "none"))
+    NOT_TIMED = ("variant", "out", "data_path", "epochs", "schedule", "milestones", "gamma", "warmup_epochs", "warmup_factor",
+                 "ckpt_every", "log_every", "max_batches", "diverge_factor")   # TrainConfig fields that do not shape one step: no options
 
     def __post_init__(self):
         self.variants = tuple(VARIANTS) if tuple(self.variants) == ("all",) else tuple(self.variants)
-        self.input_size, self.paths = tuple(int(s) for s in self.input_size), tuple(self.paths)
         if not self.variants: raise ValueError("variants: expected at least one variant")
         for v in self.variants:
             if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; known variants: {', '.join(VARIANTS)} (or 'all')")
-        for p in self.paths:
-            if p not in PATHS: raise ValueError(f"unknown data path {p!r}; known: {', '.join(PATHS)}")
-        if not self.paths: raise ValueError(f"paths: expected at least one of {', '.join(PATHS)}")
-        for k, allowed in dict(amp=("auto", "bf16", "fp16", "off"), channels_last=("auto", "on", "off"), fused=("auto", "on", "off"),
-                               eval_scale=(*EVAL_SCALES, "none")).items():
-            if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
-        for k, lo in dict(P=1, K=2, steps=1, warmup=0, num_workers=0, threads=0, infer_batch=0, eval_repeats=1).items():
-            v = getattr(self, k)
-            if not isinstance(v, int) or v < lo: raise ValueError(f"{k}={v!r}: expected an integer ≥ {lo}")
-        self.train_config(self.variants[0])       # TrainConfig checks input size, P, K, device names
+        self.variant = self.variants[0]
+        super().__post_init__()                   # TrainConfig's checks: types, input size, P, K, ...
+        if not self.data_paths: raise ValueError(f"data_paths: expected at least one of {', '.join(PATHS)}")
+        for k, allowed in self.CHOICES.items():
+            for v in (getattr(self, k) if k == "data_paths" else (getattr(self, k),)):
+                if v not in allowed: raise ValueError(f"{k}={v!r}; expected one of {', '.join(allowed)}")
+        for k, lo in dict(steps=1, warmup=0, threads=0, infer_batch=0, eval_repeats=1).items():
+            if getattr(self, k) < lo: raise ValueError(f"{k}={getattr(self, k)!r}: expected an integer ≥ {lo}")
 
     def train_config(self, variant: str) -> TrainConfig:
         "The `TrainConfig` that `fit` would use for `variant` with these settings."
-        return TrainConfig(variant=variant, dataset=self.dataset, data_root=self.data_root or "data", input_size=self.input_size,
-                           P=self.P, K=self.K, device=self.device, amp=self.amp, channels_last=self.channels_last,
-                           compile=self.compile, num_workers=self.num_workers, seed=self.seed, deterministic=self.deterministic)
-
-    def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)} | dict(variant=variant))
 
 PRESETS = {
     "cpu-tiny": dict(variants=("baseline",), device="cpu", input_size=(64, 32), P=4, K=2, warmup=1, steps=3, amp="off",
-                     channels_last="off", compile=False, fused="auto", num_workers=2, threads=1, infer_batch=32, eval_scale="tiny", eval_repeats=3),
+                     channels_last="off", compile=False, fused="auto", deterministic=False, num_workers=2, threads=1, infer_batch=32,
+                     eval_scale="tiny", eval_repeats=3),
+    # sized for one large data-centre GPU; not yet run on one
     "gpu": dict(variants=tuple(VARIANTS), device="cuda", input_size=(256, 128), P=16, K=4, warmup=10, steps=100, amp="bf16",
-                channels_last="on", compile=False, fused="on", num_workers=8, threads=0, infer_batch=512, eval_scale="market", eval_repeats=5),
+                channels_last="on", compile=False, fused="on", deterministic=False, num_workers=8, threads=0, infer_batch=512,
+                eval_scale="market", eval_repeats=5),
 }
 
 def preset_config(preset: str = "auto", **overrides) -> BenchConfig:
@@ -170,7 +160,7 @@ def count_host_syncs(batches, fn, device: torch.device, steps: int = 3) -> float
 
 # %% ../nbs/34_bench.ipynb #5f809c98
 def train_setup(cfg: BenchConfig, variant: str, num_classes: int, device: torch.device):
-    "`(TrainStep, model)` for `variant` on `device`, built by `reid_nb.train.build_training` as `fit` builds them."
+    "`(TrainStep, model)` for `variant` on `device`, built by `reid_nb.step.build_training` as `fit` builds them."
     torch.manual_seed(cfg.seed)
     model, criterion, opt, dtype, scaler, cl = build_training(cfg.train_config(variant), num_classes, device, fused=cfg.fused != "off")
     if cfg.compile: torch._dynamo.reset()          # a fresh cache per model: 14 compiled instances of one forward would pass dynamo's recompile limit
@@ -282,17 +272,19 @@ def _peak_mb(device):
 def _reset_peak(device):
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
 
-def benchmark(cfg: BenchConfig, log=None) -> dict:
-    "Run the benchmark `cfg` describes; returns a JSON-serialisable dict (see `format_report`). `log(msg)` reports progress."
+def benchmark(cfg: BenchConfig, log=None, progress: bool = False) -> dict:
+    """Run the benchmark `cfg` describes; returns a JSON-serialisable dict (see `format_report`). `log(msg)` reports progress;
+    `progress`: the resident path's decode bar."""
     log = log or (lambda msg: None)
     device = resolve_device(cfg.device)
     old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads())
     if cfg.threads: torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
-    tmp = tempfile.TemporaryDirectory(prefix="reid_bench_") if cfg.data_root is None and cfg.dataset == "synthetic" else None
+    fresh = cfg.dataset == "synthetic" and not (Path(cfg.data_root) / "synthetic").is_dir()
+    tmp = tempfile.TemporaryDirectory(prefix="reid_bench_") if fresh else None     # a synthetic set made for this run only
     try:
-        root = tmp.name if tmp else (cfg.data_root or "data")
+        root = tmp.name if tmp else cfg.data_root
         log(f"loading {cfg.dataset} from {'a temporary folder' if tmp else root}")
         ds = load_dataset(cfg.dataset, root, progress=False)
         result = dict(config=cfg.to_dict(), environment=environment(device), training=[], data_only={}, ratios={}, inference=[])
@@ -300,9 +292,9 @@ def benchmark(cfg: BenchConfig, log=None) -> dict:
         sampler = LongEpochs(PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed), n_needed)
         tc = cfg.train_config(cfg.variants[0])
         sources, warm = {}, {}
-        for path in cfg.paths:
+        for path in cfg.data_paths:
             t0 = time.perf_counter()
-            sources[path] = TrainBatches(ds.train, sampler, tc, device, gpu=path == "resident")
+            sources[path] = TrainBatches(ds.train, sampler, tc, device, path, progress=progress)
             _sync(device)
             if path == "resident":
                 cache = sources[path].cache
@@ -311,12 +303,12 @@ def benchmark(cfg: BenchConfig, log=None) -> dict:
                                       decode_s=time.perf_counter() - t0)
             warm[path] = cfg.warmup + (4 * cfg.num_workers if path == "classic" and cfg.num_workers else 0)
         result.setdefault("data", dict(dataset=cfg.dataset, train_images=len(ds.train), identities=ds.num_train_pids))
-        for path in cfg.paths:
+        for path in cfg.data_paths:
             log(f"data path alone: {path}")
             result["data_only"][path] = dict(time_loop(sources[path](0), None, warm[path], cfg.steps, device), warmup=warm[path])
         for v in (cfg.variants if cfg.train else ()):
             with torch.device("meta"): fwd_flops = count_flops(build_model(v, ds.num_train_pids, input_size=cfg.input_size), cfg.input_size)
-            for path in cfg.paths:
+            for path in cfg.data_paths:
                 log(f"training: {v} / {path}")
                 _gc(device); _reset_peak(device)
                 step, model = train_setup(cfg, v, ds.num_train_pids, device)
@@ -394,36 +386,18 @@ def format_report(res: dict) -> str:
 
 # %% ../nbs/34_bench.ipynb #50807b16
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the benchmark's options to `parser`."
+    "Add the benchmark's options to `parser`: the preset, one option per `BenchConfig` field (as `reid-nb train`'s), the outputs."
     p = parser
     p.add_argument("--preset", default="auto", choices=("auto", *PRESETS),
-                   help="cpu-tiny: CI size on CPU; gpu: the H200 configuration; auto: gpu with CUDA, else cpu-tiny (default)")
-    p.add_argument("--variants", nargs="+", metavar="V", help=f"variants to measure, or 'all' ({', '.join(VARIANTS)})")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dataset", choices=("synthetic", "market1501", "dukemtmc"), help="training images to draw batches from (default synthetic)")
-    p.add_argument("--data-root", help="folder holding the datasets (default: a temporary folder with a fresh synthetic set)")
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
-    p.add_argument("--P", type=int, help="identities per batch")
-    p.add_argument("--K", type=int, help="images per identity")
-    p.add_argument("--steps", type=int, help="timed steps per variant and path")
-    p.add_argument("--warmup", type=int, help="untimed steps before them (the classic path adds 4 per worker)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"))
-    p.add_argument("--channels-last", choices=("auto", "on", "off"))
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    p.add_argument("--fused", choices=("auto", "on", "off"), help="fused Adam (auto: on, as training does)")
-    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic algorithms and cudnn.benchmark off (default off)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers of the classic path")
-    p.add_argument("--threads", type=int, help="torch threads of this process (0: torch's default)")
-    p.add_argument("--paths", nargs="+", choices=PATHS, help="data paths to measure (default both)")
-    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
-                   help="time training steps (default on; --no-train: the data paths alone, evaluation)")
-    p.add_argument("--infer-batch", type=int, help="feature-extraction batch (0: skip)")
-    p.add_argument("--eval-scale", choices=(*EVAL_SCALES, "none"), help="evaluation / re-ranking problem size")
-    p.add_argument("--eval-repeats", type=int)
-    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None, help="also time re-ranking (default on)")
-    p.add_argument("--seed", type=int)
+                   help="cpu-tiny: CI size, runs anywhere in seconds; gpu: sized for one large data-centre GPU (not yet run on one); "
+                        "auto: gpu with CUDA, else cpu-tiny (default)")
+    preset_keys = {k for v in PRESETS.values() for k in v}
+    add_config_options(p, BenchConfig, skip=BenchConfig.NOT_TIMED, defaults={k: "the preset's" for k in preset_keys})
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
+    p.add_argument("--report", metavar="PATH", help="also write the result as a Markdown page here (e.g. reports/benchmark.md)")
+    p.add_argument("--from-json", metavar="PATH", help="measure nothing: print (and with --report write) the report of a JSON file "
+                   "that --json wrote")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the resident path's decode bar included)")
     return p
 
 def config_from_args(args) -> BenchConfig:
@@ -432,13 +406,17 @@ def config_from_args(args) -> BenchConfig:
     return preset_config(getattr(args, "preset", "auto") or "auto", **{k: getattr(args, k, None) for k in names})
 
 def run(args) -> dict:
-    "Run the benchmark of parsed arguments, print its report, write `--json`; returns the result dict."
-    cfg = config_from_args(args)
-    res = benchmark(cfg, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    "Run the benchmark of parsed arguments (or read `--from-json`), print its report, write `--json` and `--report`; the result."
+    if getattr(args, "from_json", None):
+        res = json.loads(Path(args.from_json).read_text())
+    else:
+        res = benchmark(config_from_args(args), log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True),
+                        progress=not getattr(args, "no_progress", False))
     print(format_report(res), flush=True)
-    if getattr(args, "json", None):
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=2)))
-        print(f"wrote {args.json}")
+    for path, text in ((getattr(args, "json", None), lambda: json.dumps(res, indent=2)), (getattr(args, "report", None), lambda: report_page(res))):
+        if path:
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text()))
+            print(f"wrote {path}")
     return res
 
 def main(argv=None) -> int:
@@ -447,10 +425,59 @@ def main(argv=None) -> int:
                            "the device-resident and the classic data path, feature extraction, evaluation and re-ranking timings."))
     args = parser.parse_args(argv)
     try: run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:          # a bad option, a missing dataset or JSON file
         print(f"reid-nb bench: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/34_bench.ipynb #b3e4c002
+def _cmd(c: dict) -> str:
+    "A `reid-nb bench` command line that reproduces config `c` (every option the presets set, explicitly)."
+    keys = sorted({k for v in PRESETS.values() for k in v})
+    def val(v): return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    parts = []
+    for k in keys:
+        opt, v = "--" + k.replace("_", "-"), c.get(k)
+        if isinstance(v, bool): parts.append(opt if v else "--no-" + k.replace("_", "-"))
+        elif v is not None: parts.append(f"{opt} {val(v)}")
+    return "reid-nb bench " + " ".join(parts + [f"--data-paths {val(c['data_paths'])}", f"--seed {c['seed']}"])
+
+def report_page(res: dict) -> str:
+    "A Markdown page of `benchmark` result `res` (the JSON of `--json`): command, machine, configuration, every table."
+    c, e, d = res["config"], res["environment"], res["data"]
+    L = ["# Benchmark", "", "Generated by `reid-nb bench --report` from the JSON it wrote (`--json`); rerun the command below to "
+         "measure again. Speeds vary from run to run on a shared machine: the ratios measured in one run are the robust part.", "",
+         "```", _cmd(c), "```", "",
+         f"**Machine** (as the code reports it): {e['device_name']}; device `{e['device']}`; {e['cpu_count']} CPU cores, "
+         f"{e['torch_threads']} torch threads; torch {e['torch']}, Python {e['python']}.", "",
+         f"**Data**: {d['dataset']}, {d['train_images']} training images of {d['identities']} identities"
+         + (f"; uint8 cache {d['native_size'][0]}×{d['native_size'][1]}, {d['cache_mb']:.1f} MB, decoded once in {d['decode_s']:.2f} s" if "cache_mb" in d else "") + "."]
+    if e["device"].startswith("cpu"):
+        L += ["", "On a CPU the resident path keeps the uint8 cache and the batched augmentation on the CPU: it measures the tensor "
+              "path against per-image PIL/torchvision work, not a GPU."]
+    if res["data_only"]:
+        L += ["", "## The data path alone", "", "| path | images/s |", "|---|---:|"]
+        L += [f"| {p} | {r['images_per_s']:,.1f} |" for p, r in res["data_only"].items()]
+    if res["training"]:
+        L += ["", "## Training (the data path included, after warm-up)", "",
+              "| variant | path | images/s | ms/step | peak MB | TFLOP/s | host syncs/step | 120 epochs × 12,936 images at this rate |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in res["training"]:
+            L.append(f"| {r['variant']} | {r['path']} | {r['images_per_s']:,.1f} | {r['step_ms']:.1f} | {_f(r['peak_mem_mb'], '.0f')} | "
+                     f"{r['train_tflops']:.3f} | {_f(r.get('host_syncs_per_step'), '.1f')} | {r['paper_minutes']:,.1f} min |")
+        if res["ratios"]: L += [""] + [f"Ratio resident / classic, {v}: **{x:.2f}×**." for v, x in res["ratios"].items()]
+    if res["inference"]:
+        L += ["", "## Feature extraction (resident path, eval mode)", "", "| variant | batch | images/s | peak MB | Market query + gallery, with flip |",
+              "|---|---:|---:|---:|---:|"]
+        L += [f"| {r['variant']} | {r['batch']} | {r['images_per_s']:,.1f} | {_f(r['peak_mem_mb'], '.0f')} | {r['market_features_s']:,.1f} s |"
+              for r in res["inference"]]
+    if "eval" in res:
+        v = res["eval"]
+        L += ["", f"## Evaluation at the {v['scale']} scale", "", f"{v['num_query']:,} queries × {v['num_gallery']:,} gallery images, "
+              f"dimension {v['dim']}, on `{v['device']}`, median of {v['repeats']}: distance {v['distance_ms']:.1f} ms + `evaluate_rank` "
+              f"{v['evaluate_ms']:.1f} ms = {v['evaluation_ms']:.1f} ms" + (f"; re-ranking {v['rerank_ms']:.1f} ms." if "rerank_ms" in v else ".")]
+    L += ["", "## Configuration", "", "```json", json.dumps(c, indent=1), "```", ""]
+    return "\n".join(L)
 
 # %% ../nbs/34_bench.ipynb #7a904158
 #| eval: false

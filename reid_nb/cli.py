@@ -10,7 +10,7 @@ import yaml
 from .train import TrainConfig, fit
 from .models import VARIANTS
 from .download import DownloadError, ChecksumError
-from .core import FolderLocked, atomic_write, field_docs, in_notebook
+from .core import FolderLocked, atomic_write, in_notebook, add_config_options
 
 # %% auto #0
 __all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'train_config_from_args',
@@ -18,19 +18,8 @@ __all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_para
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
-    "One option per field of config dataclass `cls`: its comment as the help, its `CHOICES`, its default."
-    hints, docs, choices = typing.get_type_hints(cls), field_docs(cls), getattr(cls, "CHOICES", {})
-    for f in dataclasses.fields(cls):
-        if f.name in skip: continue
-        opt, t = "--" + f.name.replace("_", "-"), hints[f.name]
-        default = "on" if f.default is True else "off" if f.default is False else f.default
-        help_ = f"{docs.get(f.name, '')} (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})".strip()
-        help_ = help_.replace("%", "%%")                                       # argparse formats help with %
-        if t is bool: p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif t is tuple: p.add_argument(opt, nargs="+", type=int, default=None, metavar="N", help=help_)
-        elif t in (int, float): p.add_argument(opt, type=t, default=None, metavar=t.__name__.upper(), help=help_)
-        elif f.name in choices: p.add_argument(opt, choices=choices[f.name], default=None, help=help_)
-        else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, default=None, metavar="TEXT", help=help_)
+    "One option per field of config dataclass `cls` (`add_config_options`, `28_core`): train's, evaluate's and bench's options alike."
+    return add_config_options(p, cls, skip)
 
 PARAMS_SECTIONS = dict(profile=str, datasets=list, eval_datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict,
                        evaluate=dict)
@@ -114,7 +103,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (without it, an OUT holding a run is refused)")
     t.add_argument("--allow-changes", action="store_true", help="with --resume: continue with changed settings, recorded in config.json's history")
     t.add_argument("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (the resident data path's decode bar included)")
+    t.add_argument("--record-ranks", action="store_true", help="also write OUT/ranks/rank{R}.json: the samples each rank trained on "
+                   "and a digest of its parameters (for checking data-parallel training; off: a paper run would write ~1.5 M indices)")
     _add_config_options(t)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run", description="Extract features of the query and gallery "
@@ -129,7 +120,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    "environment) goes beside it, into runs/NAME in the same folder")
     e.add_argument("--ranking", help="write the per-query top-k ranking JSON here")
     e.add_argument("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (the resident data path's decode bar included)")
     if command in (None, "evaluate"):    # reid_nb.evaluate imports the evaluation stack: only when it is the command
         from reid_nb.evaluate import EvalConfig
         _add_config_options(e, EvalConfig)
@@ -167,8 +158,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     rp.add_argument("--runs-dir", default="runs")
 
     b = sub.add_parser("bench", help="measure training/evaluation throughput", description="Training throughput of the "
-                       "GPU-resident data path against the classic DataLoader path (same run), evaluation and re-ranking "
-                       "timings; '--preset gpu' is sized for one large GPU (not yet run on one), '--preset cpu-tiny' runs anywhere in seconds.")
+                       "resident data path against the classic DataLoader path (same run), evaluation and re-ranking "
+                       "timings; '--preset gpu' is sized for one large data-centre GPU (never run on one yet), '--preset cpu-tiny' runs anywhere in seconds.")
     if command in (None, "bench"):       # reid_nb.bench imports the whole training stack: only when it is the command
         from reid_nb.bench import add_arguments as _bench_arguments
         _bench_arguments(b)
@@ -345,7 +336,7 @@ def _train(args):
     if args.allow_changes and not args.resume: raise ValueError("--allow-changes goes with --resume")
     resume = "auto" if args.resume_if_possible else args.resume
     summary = fit(train_config_from_args(args), resume=resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
-                  progress=not args.no_progress, manifest=args.manifest)
+                  progress=not args.no_progress, manifest=args.manifest, record_ranks=args.record_ranks)
     f = summary.get("final") or {}
     print(f"trained {summary['variant']} on {summary['dataset']} for {summary['epochs']} epochs in {summary['seconds']:.0f} s "
           f"(final loss {f.get('loss', float('nan')):.4f}, acc {f.get('acc', float('nan')):.3f})")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/28_core.ipynb #da05cc41
 from __future__ import annotations
-import dataclasses, json, math, os, re, shutil, socket, sys, tempfile, time, typing
+import argparse, dataclasses, json, math, os, re, shutil, socket, sys, tempfile, time, typing
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -12,7 +12,7 @@ import torch.distributed as dist
 # %% auto #0
 __all__ = ['ORPHAN', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'pid_alive', 'temp_name', 'sweep_orphans',
            'atomic_write', 'staging_dir', 'FolderLocked', 'FolderLock', 'dist_info', 'init_distributed', 'barrier',
-           'broadcast', 'field_docs', 'in_notebook', 'check_fields', 'from_mapping']
+           'broadcast', 'field_docs', 'in_notebook', 'check_fields', 'from_mapping', 'add_config_options']
 
 # %% ../nbs/28_core.ipynb #b05e2fc4
 def resolve_device(name: str = "auto") -> torch.device:
@@ -175,14 +175,16 @@ def broadcast(obj, src: int = 0):
 
 # %% ../nbs/28_core.ipynb #df452e61
 def field_docs(cls) -> dict[str, str]:
-    "The comment after each field of dataclass `cls` in its source (`name: type = default  # the comment`), by field name."
+    """The comment after each field of dataclass `cls` in its source (`name: type = default  # the comment`), by field name; a
+    field inherited from a base dataclass has the base's comment (the subclass's own wins)."""
     import inspect
-    try: src = inspect.getsource(cls)
-    except (OSError, TypeError): return {}
     names, docs = {f.name for f in dataclasses.fields(cls)}, {}
-    for line in src.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if m and m.group(1) in names: docs[m.group(1)] = m.group(2).strip()
+    for c in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try: src = inspect.getsource(c)
+        except (OSError, TypeError): continue
+        for line in src.splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+            if m and m.group(1) in names: docs[m.group(1)] = m.group(2).strip()
     return docs
 
 def in_notebook() -> bool:
@@ -217,10 +219,15 @@ def _coerce(name: str, v, hint):
     if hint is str:
         if isinstance(v, str): return v
         raise bad("a string")
-    if hint is tuple:
+    if hint is tuple or typing.get_origin(hint) is tuple:             # `tuple`: integers; `tuple[str, ...]`: strings
         if not isinstance(v, (list, tuple)): raise bad("a list")
-        return tuple(_coerce(f"{name}[{i}]", x, int) for i, x in enumerate(v))
+        return tuple(_coerce(f"{name}[{i}]", x, _item_type(hint)) for i, x in enumerate(v))
     return v
+
+def _item_type(hint):
+    "The item type of a tuple hint: `tuple[X, ...]` → X; a bare `tuple` holds integers (sizes, milestones)."
+    args = typing.get_args(hint)
+    return args[0] if args else int
 
 def check_fields(cfg, prefix: str = ""):
     "Check every field of dataclass instance `cfg` against its type hint, reading numeric strings as numbers; errors name the field."
@@ -235,3 +242,24 @@ def from_mapping(cls, d: dict, what: str):
     unknown = sorted(set(d) - set(known))
     if unknown: raise ValueError(f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     return cls(**d)
+
+def add_config_options(p: argparse.ArgumentParser, cls, skip=(), defaults: dict | None = None):
+    """One `--option` per field of config dataclass `cls` (but those in `skip`): its comment as the help (`field_docs`), its
+    `CHOICES`, its default (or `defaults[name]`, a text, e.g. where a preset sets it). Every option defaults to None: not given.
+    Returns `p`."""
+    hints, docs, choices = typing.get_type_hints(cls), field_docs(cls), getattr(cls, "CHOICES", {})
+    for f in dataclasses.fields(cls):
+        if f.name in skip: continue
+        opt, t = "--" + f.name.replace("_", "-"), hints[f.name]
+        default = "on" if f.default is True else "off" if f.default is False else f.default
+        default = (defaults or {}).get(f.name, " ".join(map(str, default)) if isinstance(default, tuple) else default)
+        help_ = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")      # argparse formats help with %
+        kw = dict(default=None, help=help_, choices=choices.get(f.name))
+        if t is bool: p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif t is tuple or typing.get_origin(t) is tuple:
+            item = _item_type(t)
+            p.add_argument(opt, nargs="+", type=item, metavar=None if kw["choices"] else item.__name__.upper().replace("STR", "TEXT"), **kw)
+        elif t in (int, float): p.add_argument(opt, type=t, metavar=t.__name__.upper(), **kw)
+        elif kw["choices"]: p.add_argument(opt, **kw)
+        else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, metavar="TEXT", **kw)
+    return p

@@ -15,14 +15,14 @@ from .models import model_from_config, count_flops, count_params, VARIANTS
 from .backbone import check_fits
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment
-from .transforms import build_transforms, ImageDataset, decode_split, host_to_device, BatchAugment
+from .loader import DATA_PATHS, eval_batches
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
 from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed, check_fields, from_mapping
 
 # %% auto #0
-__all__ = ['TRAINING_SET', 'EVAL_PATHS', 'check_variant', 'load_model', 'extract_features', 'EvalConfig', 'info_path',
-           'topk_ranking', 'evaluate_run']
+__all__ = ['TRAINING_SET', 'check_variant', 'load_model', 'extract_features', 'EvalConfig', 'info_path', 'topk_ranking',
+           'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
 TRAINING_SET = ("input_size", "width", "pretrained")   # model-config keys set by the training profile, not by the variant
@@ -57,28 +57,14 @@ def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), meta
 
 # %% ../nbs/31_evaluate.ipynb #b2c490a5
-EVAL_PATHS = ("resident", "classic")
-
-def _classic_batches(records, input_size, device, batch_size, num_workers):
-    "Per-image torchvision test transform in `DataLoader` workers; float batches on `device`."
-    ds = ImageDataset(records, build_transforms(input_size, train=False))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
-    for img, *_ in loader: yield img.to(device, non_blocking=True)
-
-def _resident_batches(records, input_size, device, batch_size, num_workers, progress):
-    "Decode every image once into a uint8 tensor at the input size (threads), then normalise each batch on `device`."
-    cache = decode_split(records, size=input_size, num_workers=num_workers or None, progress=progress)
-    prep = BatchAugment(input_size).to(device).eval()
-    for a in range(0, len(cache), batch_size): yield prep(host_to_device(cache[a:a + batch_size], device))
-
 @torch.inference_mode()
 def extract_features(model, records, input_size, device="cpu", batch_size: int = 128, flip: bool = False,
                      num_workers: int = 2, amp: str = "auto", progress: bool = True, desc: str = "features",
                      data_path: str = "resident") -> torch.Tensor:
     """Features `(len(records), D)`, float32 on `device`, of the images in `records`; `flip` averages with the mirrored image.
-    `data_path`: 'resident' (decode once at the input size, normalise on the device) or 'classic' (torchvision per image in workers)."""
-    if data_path not in EVAL_PATHS: raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(EVAL_PATHS)}")
+    `data_path` (`26_loader`): 'resident' (decode once at the input size, normalise on the device), 'classic' (torchvision per
+    image in workers) or 'auto' (resident on CUDA)."""
+    if data_path not in DATA_PATHS: raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(DATA_PATHS)}")
     device = torch.device(device) if not isinstance(device, torch.device) else device
     rank, _, world = dist_info()
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
@@ -87,8 +73,7 @@ def extract_features(model, records, input_size, device="cpu", batch_size: int =
     show = progress and rank == 0
     feats = []
     if mine:
-        batches = (_resident_batches(mine, input_size, device, batch_size, num_workers, show) if data_path == "resident"
-                   else _classic_batches(mine, input_size, device, batch_size, num_workers))
+        batches = eval_batches(mine, input_size, device, batch_size, num_workers, data_path, progress=show)
         for img in tqdm(batches, desc=desc, total=math.ceil(len(mine) / batch_size), disable=not show, leave=False):
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 f = model(img).float()
@@ -117,9 +102,9 @@ class EvalConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     batch_size: int = 128            # images per forward pass
     num_workers: int = 2             # decoding threads (resident) or loader processes (classic)
-    data_path: str = "resident"      # resident: decode once, normalise batches on the device | classic: torchvision per image in workers
+    data_path: str = "resident"      # resident: decode once, normalise batches on the device | classic: torchvision per image in workers | auto: resident on CUDA
 
-    CHOICES = dict(metric=("cosine", "euclidean"), data_path=EVAL_PATHS)    # the values a string field may take (also the CLI's choices)
+    CHOICES = dict(metric=("cosine", "euclidean"), data_path=DATA_PATHS)    # the values a string field may take (also the CLI's choices)
 
     def __post_init__(self):
         check_fields(self, "evaluate.")

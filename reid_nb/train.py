@@ -4,30 +4,29 @@
 
 # %% ../nbs/30_train.ipynb #e68410ca
 from __future__ import annotations
-import collections, contextlib, csv, dataclasses, json, math, os, shutil, time
+import collections, contextlib, csv, dataclasses, hashlib, json, math, shutil, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from types import SimpleNamespace
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
-from .core import (resolve_device, configure_cpu, auto_on, amp_dtype, atomic_write, sweep_orphans, FolderLock, dist_info,
-                          init_distributed, barrier, broadcast, check_fields, from_mapping)
+from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
+                          broadcast, check_fields, from_mapping)
 from .backbone import check_width
-from .models import build_model, VARIANTS
+from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment, without_timings
 from .sampler import PKSampler
-from .losses import ReIDLoss
-from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
+from .loader import DATA_PATHS, TrainBatches, data_path_from_gpu_data
+from .step import NonFiniteLoss, TrainStep, RunningStats, set_lr, build_training
 
 # %% auto #0
-__all__ = ['LOG_FIELDS', 'RUN_FILES', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'TrainConfig', 'lr_at', 'save_checkpoint',
-           'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state', 'check_compatible',
-           'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'NonFiniteLoss', 'TrainStep',
-           'RunningStats', 'param_groups', 'set_lr', 'build_training', 'run_files', 'setting_changes', 'plan_run',
-           'clear_run', 'Checkpointer', 'fit', 'HostReads']
+__all__ = ['RUN_FILES', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_FIELDS', 'TrainConfig', 'renamed_message',
+           'upgrade_train_config', 'lr_at', 'save_checkpoint', 'read_checkpoint', 'read_meta', 'all_finite',
+           'restore_optimizer', 'model_state', 'with_prefix', 'check_compatible', 'run_files', 'setting_changes',
+           'plan_run', 'clear_run', 'EpochLog', 'SeenSamples', 'params_digest', 'Checkpointer', 'Start', 'fit',
+           'setup_run', 'finish_run']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -62,7 +61,7 @@ class TrainConfig:
     amp: str = "auto"                          # auto (bf16 on CUDA where supported, else fp16; off on CPU) | bf16 | fp16 | off
     channels_last: str = "auto"                # auto (on for CUDA) | on | off
     compile: bool = False                      # torch.compile the model
-    gpu_data: str = "auto"                     # auto (on for CUDA) | on | off: decoded uint8 cache + batch augmentation on the training device (CPU too)
+    data_path: str = "auto"                    # auto (resident on CUDA, else classic) | resident: decode once, augment batches on the device | classic: torchvision per image in workers
     num_workers: int = 2                       # CPU data loader processes
     seed: int = 0                              # seeds the weights, the sampler and the augmentation
     deterministic: bool = True                 # deterministic algorithms (exact --resume on CPU)
@@ -72,16 +71,16 @@ class TrainConfig:
     diverge_factor: float = 1000.0             # stop when a batch's loss passes this multiple of the run's first loss (0: never)
 
     CHOICES = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"), channels_last=("auto", "on", "off"),
-                   gpu_data=("auto", "on", "off"))                       # the values a string field may take (also the CLI's choices)
+                   data_path=DATA_PATHS)                                 # the values a string field may take (also the CLI's choices)
 
     def __post_init__(self):
-        for k in ("channels_last", "gpu_data"):     # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
-            if isinstance(getattr(self, k), bool): setattr(self, k, "on" if getattr(self, k) else "off")
+        if isinstance(self.channels_last, bool):    # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
+            self.channels_last = "on" if self.channels_last else "off"
         if self.amp is False: self.amp = "off"
         check_fields(self)                          # types: "no" is not a bool, "1e-3" is a number (see 28_core)
         for k in ("variant", "dataset", "seed"): self.out = self.out.replace("{" + k + "}", str(getattr(self, k)))
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
-        for k, allowed in self.CHOICES.items():
+        for k, allowed in TrainConfig.CHOICES.items():     # a subclass (BenchConfig) checks its own choices
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
         for k in ("epochs", "K", "log_every"):
@@ -112,6 +111,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         "Build from a mapping (e.g. a section of params.yaml); unknown keys are an error listing the known ones."
+        if "gpu_data" in d: raise ValueError(renamed_message(d["gpu_data"]))
         return from_mapping(cls, d, "training parameter")
 
     @property
@@ -124,6 +124,19 @@ class TrainConfig:
         return dict(flip_p=self.flip_p, pad=self.crop_pad, erase_p=self.erase_p)
 
     def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+def renamed_message(gpu_data) -> str:
+    "The error for a config that still has the key `gpu_data`, with its translation."
+    try: new = data_path_from_gpu_data(gpu_data)
+    except ValueError: new = "resident | classic | auto"
+    return (f"the training parameter gpu_data was renamed data_path: write data_path: {new} instead of gpu_data: {gpu_data!r} "
+            "(on → resident, off → classic, auto → auto)")
+
+def upgrade_train_config(d: dict) -> dict:
+    "A saved `train_config` with an old `gpu_data` key read as today's `data_path` (for comparing a checkpoint's settings)."
+    d = dict(d or {})
+    if "gpu_data" in d: d.setdefault("data_path", data_path_from_gpu_data(d.pop("gpu_data")))
+    return d
 
 # %% ../nbs/30_train.ipynb #d2cc2c03
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -183,10 +196,9 @@ def all_finite(*objs) -> bool:
 def restore_optimizer(optimizer, tensors: dict, meta: dict):
     "Load the optimiser state saved by `save_checkpoint` into `optimizer`."
     state = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
+    for k, v in with_prefix(tensors, "optim.").items():          # optim.<parameter index>.<state name>
+        i, name = k.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
     saved, now = meta["optim_param_groups"], optimizer.param_groups
     if len(saved) != len(now) or any(len(a["params"]) != len(b["params"]) for a, b in zip(saved, now)):
         raise ValueError(f"the checkpoint's optimiser has parameter groups of {[len(g['params']) for g in saved]} tensors, this run's "
@@ -198,7 +210,11 @@ def restore_optimizer(optimizer, tensors: dict, meta: dict):
 
 def model_state(tensors: dict) -> dict:
     "The model's state dict inside a checkpoint's tensors."
-    return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    return with_prefix(tensors, "model.")
+
+def with_prefix(tensors: dict, prefix: str) -> dict:
+    "The entries of `tensors` whose key starts with `prefix`, the prefix removed (`model.`, `criterion.`, `optim.`)."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 def check_compatible(meta: dict, variant: str, num_classes: int, model_config: dict, path=""):
     "Refuse a checkpoint written for another variant, class count or model config, saying which differs."
@@ -210,187 +226,9 @@ def check_compatible(meta: dict, variant: str, num_classes: int, model_config: d
     diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
     if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
 
-# %% ../nbs/30_train.ipynb #e9ad511b
-def sample_seed(seed: int, epoch: int, batch: int, pos: int = 0) -> int:
-    "A reproducible 63-bit seed for one sample (or one batch, pos=0) of one epoch."
-    return (((seed * 10_007 + epoch) * 1_000_003 + batch) * 4_099 + pos) % (2 ** 63 - 1)
-
-class SeededSamples(torch.utils.data.Dataset):
-    "Wrap a dataset so that item `(index, seed)` is transformed under its own RNG seed (worker- and resume-independent)."
-    def __init__(self, ds): self.ds = ds
-    def __len__(self): return len(self.ds)
-    def __getitem__(self, item):
-        idx, s = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            return self.ds[idx]
-
-def resident_size(sizes, input_size) -> tuple[int, int]:
-    """The size a split is cached at on the resident path: the images' own size when they all share one that holds at most 4× the
-    input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device, and the cache is 4× smaller than
-    at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images — the input size. Never the first image's size."""
-    sizes, (H, W) = set(map(tuple, sizes)), tuple(input_size)
-    if len(sizes) == 1:
-        h, w = next(iter(sizes))
-        if h * w <= 4 * H * W: return (h, w)
-    return (H, W)
-
-class TrainBatches:
-    "Yields `(images, pids, indices)` for batches `start..` of an epoch, on the CPU loader path or the device-resident path."
-    def __init__(self, records, sampler: PKSampler, cfg: TrainConfig, device: torch.device, gpu: bool, num_classes: int | None = None,
-                 progress: bool = True):
-        self.records, self.sampler, self.cfg, self.device, self.gpu = records, sampler, cfg, device, gpu
-        self.pids = torch.tensor([r.pid for r in records])
-        if num_classes is not None and len(self.pids) and (int(self.pids.min()) < 0 or int(self.pids.max()) >= num_classes):
-            raise ValueError(f"training labels must lie in [0, {num_classes}), got [{int(self.pids.min())}, {int(self.pids.max())}]")
-        if gpu:
-            size = resident_size(image_sizes(records), cfg.input_size)        # the headers, read once
-            self.cache = decode_split(records, size=size, progress=progress).to(device)
-            self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
-            self.pids = self.pids.to(device)
-        else:
-            self.ds = SeededSamples(ImageDataset(records, build_transforms(cfg.input_size, train=True, **cfg.augment())))
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        b = self.sampler.batches(epoch)
-        return b[: self.cfg.max_batches] if self.cfg.max_batches else b
-
-    def __call__(self, epoch: int, start: int = 0):
-        batches = self.epoch_batches(epoch)[start:]
-        if self.gpu:
-            if not batches: return
-            flat = host_to_device(torch.tensor([j for b in batches for j in b]), self.device)   # the epoch's indices: one copy
-            ends = [0]
-            for b in batches: ends.append(ends[-1] + len(b))
-            for i, b in enumerate(batches, start):
-                self.aug.manual_seed(sample_seed(self.cfg.seed, epoch, i))
-                idx = flat[ends[i - start]:ends[i - start + 1]]
-                yield self.aug(self.cache[idx]), self.pids[idx], b
-            return
-        seeded = [[(j, sample_seed(self.cfg.seed, epoch, i, p)) for p, j in enumerate(b)] for i, b in enumerate(batches, start)]
-        nw = self.cfg.num_workers
-        loader = torch.utils.data.DataLoader(self.ds, batch_sampler=seeded, num_workers=nw, pin_memory=self.device.type == "cuda",
-                                             persistent_workers=False, prefetch_factor=4 if nw else None)
-        for (img, pid, _, _), b in zip(loader, batches):
-            yield img.to(self.device, non_blocking=True), pid.to(self.device, non_blocking=True), b
-
-# %% ../nbs/30_train.ipynb #c83c4eda
-LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
-
-class NonFiniteLoss(FloatingPointError):
-    "Training diverged: a NaN or infinite loss or weight, or a loss past `diverge_factor` times the run's first one."
-
-def _params_digest(model: nn.Module) -> str:
-    "SHA-256 of the parameters (not the buffers: BN running statistics are rank-local until DDP broadcasts rank 0's)."
-    import hashlib
-    h = hashlib.sha256()
-    for k, v in sorted(model.named_parameters()): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-def _write_log(path: Path, rows: list[dict]):
-    def w(tmp):
-        with open(tmp, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=LOG_FIELDS); wr.writeheader(); wr.writerows(rows)
-    atomic_write(path, w)
-
-class TrainStep:
-    "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
-    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1, scaler=None):
-        self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype
-        self.channels_last, self.world = channels_last, world
-        self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
-
-    def __call__(self, x, y):
-        "Returns `(loss, parts, logits)`, device tensors; whether the loss was finite is the caller's to check (`RunningStats`)."
-        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            logits, feat = self.net(x)
-        loss, parts = self.criterion(logits.float(), feat.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.world > 1:
-            for p in self.criterion.parameters():   # the center loss's centres live outside DDP: average their gradients here
-                if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
-        self.scaler.step(self.opt); self.scaler.update()
-        return loss, parts, logits
-
-class RunningStats:
-    """An epoch's running sums (loss, its parts, correct predictions), the first non-finite loss and the first loss past
-    `diverge_factor` × the run's first loss (`ref`), kept on the training device. `add` queues a few tensor operations; `check`
-    and `read` each wait for the device once."""
-    KEYS = ("loss", "ce", "triplet", "center", "correct")
-
-    def __init__(self, device: torch.device, state: dict | None = None, world: int = 1, ref: float | None = None,
-                 diverge_factor: float = 0.0):
-        self.device, self.world, self.factor = device, world, float(diverge_factor)
-        state = state or {}
-        self.sums = host_to_device(torch.tensor([float(state.get(k, 0.0)) for k in self.KEYS], dtype=torch.float64), device)
-        self.images, self.seconds = int(state.get("images", 0)), float(state.get("seconds", 0.0))
-        self.ref = torch.full((), math.nan if ref is None else float(ref), device=device)   # the run's first loss (NaN: not seen yet)
-        self.first_bad = torch.full((2,), -1, dtype=torch.long, device=device)   # the first batch with a non-finite / a diverged loss
-        self.bad_loss = torch.zeros(2, device=device)
-
-    def add(self, loss, parts: dict, logits, y, batch: int):
-        "Accumulate one batch (no host read: on a GPU this only queues kernels)."
-        n, loss = len(y), loss.detach().float()
-        zero = loss.new_zeros(())
-        vals = torch.stack([loss, parts["ce"].float(), parts["triplet"].float(), parts.get("center", zero).float()]).double() * n
-        correct = (logits.detach().argmax(1) == y).sum().double()
-        self.sums += torch.cat([vals, correct[None]])
-        self.ref = torch.where(torch.isnan(self.ref), loss, self.ref)
-        bad = torch.stack([~torch.isfinite(loss), (loss > self.factor * self.ref) & (self.factor > 0)]) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, batch, self.first_bad)
-        self.bad_loss = torch.where(bad, loss, self.bad_loss)
-        self.images += n
-
-    def check(self, epoch: int, what: str):
-        "Raise `NonFiniteLoss` if any rank has seen a non-finite or a diverged loss (one read of the device; all ranks call it together)."
-        bad = self.first_bad.clone()
-        if self.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        nonfinite, diverged = bad.tolist()
-        if nonfinite >= 0:
-            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss[0])}) at epoch {epoch + 1}, batch {nonfinite + 1}: training stopped; {what}")
-        if diverged >= 0:
-            raise NonFiniteLoss(f"the loss diverged: {float(self.bad_loss[1]):.4g} at epoch {epoch + 1}, batch {diverged + 1}, more than "
-                                f"{self.factor:g}× the run's first loss ({float(self.ref):.4g}; train.diverge_factor): training stopped; {what}")
-
-    def read(self) -> dict:
-        "The sums as a dict of numbers (the format a checkpoint stores as `running`), and the run's first loss as `loss_ref`."
-        s = torch.cat([self.sums, self.ref.double()[None]]).tolist()
-        ref = None if math.isnan(s[-1]) else s[-1]
-        return dict(zip(self.KEYS, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds, loss_ref=ref)
-
-def param_groups(model, criterion, new_lr_mult: float = 1.0) -> list[dict]:
-    """The optimiser's parameter groups: everything at the base rate, except, when pretrained weights were loaded, the layers
-    that were not in the checkpoint (`model.new_parameters`), whose group carries `lr_mult=new_lr_mult`."""
-    new = set(getattr(model, "new_parameters", None) or ())
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    base = [p for n, p in named if n not in new] + [p for p in criterion.parameters() if p.requires_grad]
-    fresh = [p for n, p in named if n in new]
-    return [dict(params=base, lr_mult=1.0)] + ([dict(params=fresh, lr_mult=float(new_lr_mult))] if fresh else [])
-
-def set_lr(opt, lr: float):
-    "Set every group's rate to `lr` times its `lr_mult`."
-    for g in opt.param_groups: g["lr"] = lr * g.get("lr_mult", 1.0)
-
-def build_training(cfg: TrainConfig, num_classes: int, device: torch.device, fused: bool = True):
-    """`(model, criterion, optimizer, autocast dtype, grad scaler, channels_last)` for `cfg` on `device`: what `fit` trains
-    with (and what `reid-nb bench` times). The labels are checked by the data path, so the loss does not check them again."""
-    model = build_model(cfg.variant, num_classes, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained).to(device)
-    criterion = ReIDLoss(num_classes, label_smoothing=cfg.label_smoothing, margin=cfg.margin, soft_margin=cfg.soft_margin,
-                         center_weight=cfg.center_weight, feat_dim=model.feature_dim, check_labels=False).to(device)
-    cl = auto_on(cfg.channels_last, device)
-    if cl: model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(param_groups(model, criterion, cfg.new_lr_mult), lr=lr_at(0, cfg), weight_decay=cfg.weight_decay,
-                           fused=fused)                                   # fused: one multi-tensor kernel, CPU or CUDA
-    set_lr(opt, lr_at(0, cfg))
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
-    return model, criterion, opt, dtype, scaler, cl
-
 # %% ../nbs/30_train.ipynb #663d76d4
 RUN_FILES = ("last.safetensors", "model.safetensors", "config.json", "log.csv", "train_summary.json", "eval_summary.json",
-             "ranking.json", "ranks")                                  # what a run writes into its folder
+             "ranking.json", "ranks")                                  # what a run writes into its folder (ranks: with record_ranks)
 FINAL_FILES = ("model.safetensors", "config.json", "train_summary.json", "eval_summary.json", "ranking.json")
 RESULT_NEUTRAL = ("out", "data_root", "num_workers", "log_every", "ckpt_every")   # settings that do not change the trained model
 RUN_MODES = ("new", "overwrite", "resume", "auto")
@@ -401,7 +239,7 @@ def run_files(out) -> list[str]:
 
 def setting_changes(meta: dict, cfg: TrainConfig, fingerprint: str | None = None) -> dict:
     "`{setting: (in the checkpoint, now)}` for each setting that shapes the model and differs from checkpoint `meta`'s, and the dataset."
-    saved, now = meta.get("train_config") or {}, cfg.to_dict()
+    saved, now = upgrade_train_config(meta.get("train_config")), cfg.to_dict()
     diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL and saved.get(k) != v}
     was = meta.get("dataset_fingerprint")
     if fingerprint and was and was != fingerprint: diff["dataset (fingerprint)"] = (was[:12], fingerprint[:12])
@@ -449,6 +287,51 @@ def clear_run(out, names):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         elif p.exists() or p.is_symlink(): p.unlink()
 
+# %% ../nbs/30_train.ipynb #c83c4eda
+LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
+
+class EpochLog:
+    "The run's per-epoch rows: kept in the checkpoint's metadata, written to `log.csv` and printed by rank 0."
+    def __init__(self, path, title: str = "", epochs: int = 0, rows=(), rank: int = 0):
+        self.path, self.title, self.epochs, self.rows, self.rank = Path(path), title, epochs, list(rows), rank
+
+    def add(self, epoch: int, lr: float, r: dict, world: int = 1) -> dict:
+        "Append the row of finished `epoch` from `RunningStats.read()` sums `r` (this rank's images; `world` ranks)."
+        m = max(r["images"], 1)
+        row = dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
+                   acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
+                   images_per_s=r["images"] * world / max(r["seconds"], 1e-9))
+        self.rows.append(row)
+        return row
+
+    def write(self):
+        "Rank 0: print the last row, rewrite `log.csv` (atomically) with every row."
+        if self.rank != 0 or not self.rows: return
+        r = self.rows[-1]
+        print(f"{self.title} epoch {r['epoch'] + 1}/{self.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
+              f"acc {r['acc']:.3f} lr {r['lr']:.2e} {r['images_per_s']:.1f} img/s")
+        def w(tmp):
+            with open(tmp, "w", newline="") as f:
+                wr = csv.DictWriter(f, fieldnames=LOG_FIELDS); wr.writeheader(); wr.writerows(self.rows)
+        atomic_write(self.path, w)
+
+# %% ../nbs/30_train.ipynb #e9106002
+class SeenSamples:
+    "Which samples this rank trained on in each epoch; `write` adds a digest of the parameters: `ranks/rank{r}.json` (a DDP test's evidence)."
+    def __init__(self): self.seen = {}
+    def add(self, epoch: int, indices): self.seen.setdefault(epoch, set()).update(indices)
+
+    def write(self, out, model: nn.Module, rank: int = 0, world: int = 1):
+        (Path(out) / "ranks").mkdir(parents=True, exist_ok=True)
+        (Path(out) / "ranks" / f"rank{rank}.json").write_text(json.dumps(dict(rank=rank, world_size=world,
+            params_sha256=params_digest(model), seen={str(e): sorted(s) for e, s in self.seen.items()}), indent=1))
+
+def params_digest(model: nn.Module) -> str:
+    "SHA-256 of the parameters (not the buffers: BN running statistics are rank-local until DDP broadcasts rank 0's)."
+    h = hashlib.sha256()
+    for k, v in sorted(model.named_parameters()): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
 # %% ../nbs/30_train.ipynb #bca3bf82
 class Checkpointer:
     "Saves the training state to `path` (rank 0 writes, every rank checks) only when it is finite, and names the last good one."
@@ -478,7 +361,7 @@ class Checkpointer:
         "Load model, criterion, optimiser and RNG state from `path` on every rank; returns the checkpoint's metadata."
         tensors, meta = read_checkpoint(self.path)
         self.model.load_state_dict(model_state(tensors))
-        crit = {k[len("criterion."):]: v for k, v in tensors.items() if k.startswith("criterion.")}
+        crit = with_prefix(tensors, "criterion.")
         if crit: self.criterion.load_state_dict(crit)
         restore_optimizer(self.opt, tensors, meta)
         if "rng.torch" in tensors: torch.set_rng_state(tensors["rng.torch"])
@@ -492,21 +375,66 @@ def _mode(resume, overwrite: bool) -> str:
     if overwrite and resume: raise ValueError("--overwrite replaces the run that --resume would continue: pass one of them")
     return "overwrite" if overwrite else "auto" if resume == "auto" else "resume" if resume else "new"
 
+@dataclass
+class Start:
+    "Where the loop starts: an epoch, a batch in it, that epoch's running sums so far, and the run's first loss."
+    epoch: int = 0
+    batch: int = 0
+    running: dict | None = None
+    loss_ref: float | None = None
+
 def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False, allow_changes: bool = False,
-        manifest=None) -> dict:
+        manifest=None, record_ranks: bool = False) -> dict:
     """Train `cfg.variant` on `cfg.dataset` into folder `cfg.out`; returns a summary dict (also written to `out/train_summary.json`).
     `resume`: False (a new run), True (continue the folder's run) or 'auto' (continue when its settings match, else start over);
     `overwrite`: replace the folder's run; `allow_changes`: let `resume` continue with other settings (recorded in the history);
-    `manifest`: the data stage's manifest, against which the images are checked first."""
+    `manifest`: the data stage's manifest, against which the images are checked first; `record_ranks`: write `ranks/rank{r}.json`."""
     mode, out = _mode(resume, overwrite), Path(cfg.out)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
-    device = resolve_device(cfg.device)
-    rank, world, device = init_distributed(device)
+    rank, world, device = init_distributed(resolve_device(cfg.device))
     with FolderLock(out, f"reid-nb train {cfg.variant}") if rank == 0 else contextlib.nullcontext():
         if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
-        return _fit(cfg, mode, allow_changes, progress, manifest, rank, world, device)
+        run = setup_run(cfg, mode, allow_changes, progress, manifest, rank, world, device)
+        seen, start, ref, t_start = SeenSamples() if record_ranks else None, run.start, run.start.loss_ref, time.time()
+        for epoch in range(start.epoch, cfg.epochs):
+            lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
+            set_lr(run.opt, lr); run.net.train(); run.criterion.train()
+            first, n_batches = start.batch if resumed else 0, len(run.data.epoch_batches(epoch))
+            stats = RunningStats(device, start.running if resumed else None, world, ref, cfg.diverge_factor)
+            bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
+            t0 = time.time()
+            try:
+                for b, (x, y, idx) in enumerate(run.data(epoch, first), first):
+                    if seen is not None: seen.add(epoch, idx)
+                    stats.add(*run.step(x, y), y, b)
+                    bar.update(1)
+                    ckpt_now = cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
+                    if ckpt_now or (b + 1) % cfg.log_every == 0:        # the only reads of the device inside an epoch
+                        stats.check(epoch, run.ckpt.last_good())
+                        r = stats.read(); r["seconds"] += time.time() - t0
+                        _show(bar, r, world)
+                        if ckpt_now: run.ckpt.save(epoch, b + 1, r, run.log.rows, r["loss_ref"])
+                stats.check(epoch, run.ckpt.last_good())
+            finally:
+                bar.close()
+            r = stats.read(); r["seconds"] += time.time() - t0
+            ref = r["loss_ref"]
+            run.log.add(epoch, lr, r, world)
+            run.ckpt.save(epoch + 1, 0, None, run.log.rows, ref)      # checked first: a diverged epoch leaves no row and no checkpoint
+            run.log.write()
+            barrier()
+        return finish_run(cfg, run, seen, time.time() - t_start, rank, world, device)
 
-def _fit(cfg, mode, allow_changes, progress, manifest, rank, world, device) -> dict:
+def _show(bar, r: dict, world: int):
+    "The progress bar's loss, accuracy and images/s from running sums `r`."
+    n = max(r["images"], 1)
+    bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['correct'] / n:.3f}", img_s=f"{r['images'] * world / max(r['seconds'], 1e-9):.1f}")
+
+# %% ../nbs/30_train.ipynb #5db1a0e1
+def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, manifest, rank: int, world: int, device) -> SimpleNamespace:
+    """Everything `fit`'s loop needs, built in a fixed order (the random initialisation of the weights depends on it): the seeds,
+    the checked images, the batches, the model, loss and optimiser, the run folder's plan, the checkpointer (restored, or the
+    starting point saved), the epoch log, and the step (compiled and wrapped in DDP when asked)."""
     out = Path(cfg.out)
     if device.type == "cpu": configure_cpu()
     torch.manual_seed(cfg.seed)
@@ -514,134 +442,59 @@ def _fit(cfg, mode, allow_changes, progress, manifest, rank, world, device) -> d
         torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda": torch.backends.cudnn.benchmark = False
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
-
     ds = load_dataset(cfg.dataset, cfg.data_root)
     hashes = image_hashes(ds) if rank == 0 else None          # every image's bytes, read once (rank 0)
     fp = fingerprint_of(hashes) if rank == 0 else None
     if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp)
     env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
-    gpu_data = auto_on(cfg.gpu_data, device)
-    data = TrainBatches(ds.train, sampler, cfg, device, gpu_data, num_classes=ds.num_train_pids, progress=progress and rank == 0)
-    model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device)
-
+    data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids, progress=progress and rank == 0)
+    model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device, lr=lr_at(0, cfg))
     plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, model.config, fp, allow_changes) if rank == 0 else None)
     if rank == 0:
         clear_run(out, plan["clear"])
         if plan["note"]: print(plan["note"])
     barrier()
     new = model.describe_new()                                              # None when trained from scratch
-    if rank == 0 and new is not None:
-        src = model.pretrained_from
-        kinds = collections.Counter(new["modules"].values())
-        print(f"pretrained: {src['tensors']} tensors from {src['file']} (sha256 {src['sha256'][:12]}…"
-              f"{', %d BatchNorm counters filled' % src['filled_counters'] if src['filled_counters'] else ''}); "
-              f"not in the checkpoint: {new['tensors']} tensors, {new['parameters']:,} parameters in "
-              + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {cfg.new_lr_mult:g})")
-    meta_base = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
-                     dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
-    ckpt = Checkpointer(out / "last.safetensors", model, opt, criterion, meta_base, rank)
-    start_epoch, start_batch, rows, acc_state, ref = 0, 0, [], None, None
+    if rank == 0 and new is not None: _print_new(model, new, cfg.new_lr_mult)
+    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
+                dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
+    ckpt = Checkpointer(out / "last.safetensors", model, opt, criterion, meta, rank)
+    log = EpochLog(out / "log.csv", cfg.variant, cfg.epochs, rank=rank)
     if plan["start"] == "resume":
-        meta = ckpt.restore()
-        start_epoch, start_batch, acc_state, ref = meta["epoch"], meta["batch"], meta.get("running"), meta.get("loss_ref")
-        rows = [r for r in meta.get("log", []) if r["epoch"] < start_epoch]
+        saved = ckpt.restore()
+        start = Start(saved["epoch"], saved["batch"], saved.get("running"), saved.get("loss_ref"))
+        log.rows = [r for r in saved.get("log", []) if r["epoch"] < start.epoch]    # the finished epochs
     else:
-        ckpt.save(0, 0, None, rows)                       # the starting point: a good checkpoint exists before the first step
-
-    net = model
-    if cfg.compile: net = torch.compile(net)
+        start = Start()
+        ckpt.save(0, 0, None, log.rows)                   # the starting point: a good checkpoint exists before the first step
+    net = torch.compile(model) if cfg.compile else model
     if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    step = TrainStep(net, criterion, opt, device, dtype, cl, world, scaler)
+    return SimpleNamespace(ds=ds, data=data, model=model, net=net, criterion=criterion, opt=opt, dtype=dtype, ckpt=ckpt, log=log,
+                           start=start, meta=meta, new=new, env=env, step=TrainStep(net, criterion, opt, device, dtype, cl, world, scaler))
 
-    seen = {}
-    t_start = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = lr_at(epoch, cfg)
-        set_lr(opt, lr)
-        net.train(); criterion.train()
-        n_batches = len(data.epoch_batches(epoch))
-        first = start_batch if epoch == start_epoch else 0
-        stats = RunningStats(device, acc_state if (epoch == start_epoch and acc_state) else None, world, ref, cfg.diverge_factor)
-        bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        t0 = time.time()
-        try:
-            for b, (x, y, idx) in enumerate(data(epoch, first), first):
-                seen.setdefault(epoch, set()).update(idx)
-                loss, parts, logits = step(x, y)
-                stats.add(loss, parts, logits, y, b)
-                bar.update(1)
-                ckpt_now = cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
-                if ckpt_now or (b + 1) % cfg.log_every == 0:        # the only reads of the device inside an epoch
-                    stats.check(epoch, ckpt.last_good())
-                    r = stats.read(); elapsed = r["seconds"] + time.time() - t0
-                    bar.set_postfix(loss=f"{r['loss'] / max(r['images'], 1):.3f}", acc=f"{r['correct'] / max(r['images'], 1):.3f}",
-                                    img_s=f"{r['images'] * world / max(elapsed, 1e-9):.1f}")
-                    if ckpt_now: ckpt.save(epoch, b + 1, dict(r, seconds=elapsed), rows, r["loss_ref"])
-            stats.check(epoch, ckpt.last_good())
-        finally:
-            bar.close()
-        r = stats.read()
-        r["seconds"] += time.time() - t0
-        ref, m = r["loss_ref"], max(r["images"], 1)
-        rows.append(dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
-                         acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
-                         images_per_s=r["images"] * world / max(r["seconds"], 1e-9)))
-        ckpt.save(epoch + 1, 0, None, rows, ref)                 # checked first: a diverged epoch leaves no row and no checkpoint
-        if rank == 0:
-            r = rows[-1]
-            print(f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
-                  f"acc {r['acc']:.3f} lr {lr:.2e} {r['images_per_s']:.1f} img/s")
-            _write_log(out / "log.csv", rows)
-        barrier()
+def _print_new(model, new: dict, mult: float):
+    "The log line of a pretrained trunk: what came from the checkpoint, what is new, and the new layers' rate multiplier."
+    src, kinds = model.pretrained_from, collections.Counter(new["modules"].values())
+    print(f"pretrained: {src['tensors']} tensors from {src['file']} (sha256 {src['sha256'][:12]}…"
+          f"{', %d BatchNorm counters filled' % src['filled_counters'] if src['filled_counters'] else ''}); "
+          f"not in the checkpoint: {new['tensors']} tensors, {new['parameters']:,} parameters in "
+          + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {mult:g})")
 
+def finish_run(cfg: TrainConfig, run, seen, seconds: float, rank: int, world: int, device) -> dict:
+    "Write the final weights, `config.json` and `train_summary.json` (rank 0), and `ranks/` when `seen` was recorded; the summary."
+    out, rows = Path(cfg.out), run.log.rows
     summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world, device=str(device),
-                   amp=str(dtype).replace("torch.", "") if dtype else "off", gpu_data=gpu_data, num_classes=ds.num_train_pids,
-                   seconds=time.time() - t_start, final=rows[-1] if rows else None, pretrained=model.pretrained_from,
-                   new_parameters=None if new is None else dict(new, lr_mult=cfg.new_lr_mult), environment=env)
-    (out / "ranks").mkdir(parents=True, exist_ok=True)
-    (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(dict(
-        rank=rank, world_size=world, params_sha256=_params_digest(model),
-        seen={str(e): sorted(s) for e, s in seen.items()}), indent=1))
+                   amp=str(run.dtype).replace("torch.", "") if run.dtype else "off", data_path=run.data.data_path,
+                   num_classes=run.ds.num_train_pids, seconds=seconds, final=rows[-1] if rows else None,
+                   pretrained=run.model.pretrained_from, new_parameters=None if run.new is None else dict(run.new, lr_mult=cfg.new_lr_mult),
+                   environment=run.env)
+    if seen is not None: seen.write(out, run.model, rank, world)
     if rank == 0:
         from safetensors.torch import save_file
-        atomic_write(out / "model.safetensors", lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp)))
+        atomic_write(out / "model.safetensors", lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}, str(tmp)))
         # config.json (a DVC output) holds no wall times, so that two runs of one commit on one machine write it byte for byte
-        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(meta_base, summary=without_timings(summary)), indent=2)))
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(run.meta, summary=without_timings(summary)), indent=2)))
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     barrier()
     return summary
-
-# %% ../nbs/30_train.ipynb #e119b451
-class HostReads(TorchFunctionMode):
-    "Count the tensor operations inside the `with` block that make the host wait for the device (see `READS`, `DATA_SHAPED`)."
-    READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__format__"}
-    DATA_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}
-
-    def __init__(self):
-        super().__init__()
-        self.calls = collections.Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in self.READS or name in self.DATA_SHAPED or self._to_host(name, args, kwargs) or self._mask_index(name, args):
-            self.calls[name] += 1
-        return func(*args, **(kwargs or {}))
-
-    @staticmethod
-    def _to_host(name, args, kwargs) -> bool:
-        "A copy of a non-CPU tensor to the CPU."
-        if name not in ("cpu", "to") or not args or not isinstance(args[0], torch.Tensor) or args[0].device.type == "cpu": return False
-        if name == "cpu": return True
-        target = [a for a in list(args[1:]) + [(kwargs or {}).get("device")] if isinstance(a, (str, torch.device))]
-        return any(torch.device(t).type == "cpu" for t in target)
-
-    @staticmethod
-    def _mask_index(name, args) -> bool:
-        "Indexing with a boolean tensor (`x[mask]`, `x[mask] = v`): the result's size is the mask's count."
-        if name not in ("__getitem__", "__setitem__") or len(args) < 2: return False
-        idx = args[1] if isinstance(args[1], tuple) else (args[1],)
-        return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in idx)
-
-    @property
-    def count(self) -> int: return sum(self.calls.values())

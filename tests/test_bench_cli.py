@@ -14,7 +14,9 @@ NUM = r"([0-9]+(?:\.[0-9]+)?)"
 def test_bench_cpu_tiny(tmp_path):
     out_json = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    p = subprocess.run([sys.executable, "-m", "reid_nb.bench", "--preset", "cpu-tiny", "--json", str(out_json)],
+    page = tmp_path / "bench.md"
+    p = subprocess.run([sys.executable, "-m", "reid_nb.bench", "--preset", "cpu-tiny", "--json", str(out_json), "--report", str(page),
+                        "--no-progress"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
@@ -45,6 +47,12 @@ def test_bench_cpu_tiny(tmp_path):
     assert [r["host_syncs_per_step"] for r in res["training"]] == [0.0, None]
     assert res["ratios"]["baseline"] > 0
     assert res["eval"]["scale"] == "tiny" and res["eval"]["rerank_ms"] > 0 and res["eval"]["evaluation_ms"] > 0
+    assert "it/s" not in p.stderr and "img/s]" not in p.stderr, p.stderr                # --no-progress: no bar, the decode bar included
+    text = page.read_text()                                                             # the page, generated from the same result
+    assert text.startswith("# Benchmark") and "| baseline | resident |" in text and res["environment"]["device_name"] in text
+    again = subprocess.run([sys.executable, "-m", "reid_nb.bench", "--from-json", str(out_json), "--report", str(tmp_path / "again.md")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "again.md").read_text() == text, again.stderr   # rendered again, measured nothing
 
 
 def test_bench_bad_variant():

@@ -100,6 +100,7 @@ def test_kill_and_resume_reaches_the_same_weights(data_root, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     from reid_nb import train as T
+    from reid_nb.step import NonFiniteLoss
     from reid_nb.losses import ReIDLoss
     calls = {"n": 0}
     orig = ReIDLoss.forward
@@ -111,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
     monkeypatch.setattr(ReIDLoss, "forward", poisoned)
     cfg = T.TrainConfig(variant="baseline", dataset="synthetic", data_root=str(data_root), out=str(tmp_path / "nan"),
                         input_size=(64, 32), P=4, K=2, num_workers=0, epochs=1, max_batches=6, ckpt_every=1)
-    with pytest.raises(T.NonFiniteLoss, match="non-finite loss .* batch 4"):
+    with pytest.raises(NonFiniteLoss, match="non-finite loss .* batch 4"):
         T.fit(cfg, progress=False)
     tensors, meta = T.read_checkpoint(tmp_path / "nan" / "last.safetensors")
     assert (meta["epoch"], meta["batch"]) == (0, 3)
@@ -121,12 +122,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
 def test_host_reads_do_not_grow_with_the_number_of_steps(data_root, tmp_path):
     "The resident training loop reads the device only at log intervals and epoch ends: 4 or 12 batches, the same reads."
     from reid_nb import train as T
+    from reid_nb.step import HostReads
 
     def reads(batches, log_every):
         cfg = T.TrainConfig(variant="full", dataset="synthetic", data_root=str(data_root), out=str(tmp_path / f"r{batches}-{log_every}"),
-                            input_size=(64, 32), width=0.25, P=4, K=2, epochs=1, max_batches=batches, gpu_data="on",
+                            input_size=(64, 32), width=0.25, P=4, K=2, epochs=1, max_batches=batches, data_path="resident",
                             log_every=log_every, device="cpu")
-        with T.HostReads() as h:
+        with HostReads() as h:
             T.fit(cfg, progress=False)
         return h.count
 
@@ -147,7 +149,7 @@ def test_ddp_two_gloo_processes(data_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "reid_nb.cli", "train", *map(str, TINY), "--data-root", str(data_root), "--out", str(out),
-           "--epochs", "1", "--max-batches", "3", "--device", "cpu"]
+           "--epochs", "1", "--max-batches", "3", "--device", "cpu", "--record-ranks"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
     r0, r1 = (json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -168,7 +170,7 @@ def test_ddp_two_gloo_processes(data_root, tmp_path):
         assert abs(m1[k] - m2[k]) < 2e-3 and abs(m1["rerank"][k] - m2["rerank"][k]) < 2e-3, (k, m1[k], m2[k])   # batch composition: float rounding only
 
 
-# Measured on 2 CPU cores with params.yaml's CPU profile (width 0.25, 64x32, 32 epochs, ~45 s; see the issue notes): the
+# Measured on 2 CPU cores with params.yaml's CPU profile (width 0.25, 64x32, 32 epochs, ~45 s): the
 # `full` variant reaches mAP 57.9% (R1 65.8%) on the synthetic set with seed 0, 57.5-62.6% over seeds 0-2, random
 # distances about 2%; the threshold keeps a margin of ~40% below the lowest (a CPU run is deterministic for a given torch
 # build and thread count).

@@ -59,7 +59,7 @@ def test_profile_command_sets_every_value(tmp_path):
     assert cmd[:5] == ["dvc", "exp", "run", "-n", "rehearsal"]
     sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-S"]
     assert "++train.pretrained='data/rehearsal/weights/{backbone}.pth'" in sets and "++train.device='cpu'" in sets
-    assert "~train.gpu_data" in sets and "~overrides.sam" in sets         # keys the rehearsal lacks are removed
+    assert "~train.data_path" in sets and "~overrides.sam" in sets         # keys the rehearsal lacks are removed
     assert profile_command(ROOT / "params.yaml", current=ROOT / "params.yaml")[5:] == []   # same profile: nothing to set
     with pytest.raises(FileNotFoundError, match="no such profile; known here: .*paper"):
         profile_command("papr", current=ROOT / "params.yaml")

@@ -227,7 +227,8 @@ def test_resident_cache_of_mixed_sizes_gives_the_classic_batch(tmp_path):
     import numpy as np
     from reid_nb.data import Record
     from reid_nb.sampler import PKSampler
-    from reid_nb.train import TrainConfig, TrainBatches
+    from reid_nb.train import TrainConfig
+    from reid_nb.loader import TrainBatches
     rng, recs = np.random.default_rng(0), []
     for i, (h, w) in enumerate([(16, 8), (128, 64), (300, 120), (97, 41), (128, 64), (64, 32), (200, 90), (150, 70)]):
         y, x = np.mgrid[0:h, 0:w]
@@ -235,9 +236,9 @@ def test_resident_cache_of_mixed_sizes_gives_the_classic_batch(tmp_path):
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(tmp_path / f"{i // 2 + 1:04d}_c1_f{i:07d}.png")
         recs.append(Record(str(tmp_path / f"{i // 2 + 1:04d}_c1_f{i:07d}.png"), i // 2, 0))
     cfg = TrainConfig(variant="baseline", input_size=(64, 32), P=2, K=2, flip_p=0, pad=0, erase_p=0, num_workers=0)
-    batches = {gpu: TrainBatches(recs, PKSampler([r.pid for r in recs], P=2, K=2, seed=0), cfg, torch.device("cpu"), gpu) for gpu in (True, False)}
-    assert tuple(batches[True].cache.shape) == (8, 3, 64, 32)                 # the input size, never the first image's 16×8
-    for (xr, yr, ir), (xc, yc, ic) in zip(batches[True](0), batches[False](0)):
+    batches = {p: TrainBatches(recs, PKSampler([r.pid for r in recs], P=2, K=2, seed=0), cfg, torch.device("cpu"), p) for p in ("resident", "classic")}
+    assert tuple(batches["resident"].cache.shape) == (8, 3, 64, 32)           # the input size, never the first image's 16×8
+    for (xr, yr, ir), (xc, yc, ic) in zip(batches["resident"](0), batches["classic"](0)):
         assert ir == ic and torch.equal(yr, yc)
         assert (xr - xc).abs().max() <= 2.5 / 255 / 0.224, (xr - xc).abs().max()   # within two 8-bit levels of resize rounding
 
@@ -287,7 +288,7 @@ def test_a_bad_image_is_one_line_in_training_and_refused_by_the_data_stage(data_
     elif damage == "empty": img.write_bytes(b"")
     elif damage == "dangling link": img.unlink(); img.symlink_to(tmp_path / "gone.png")
     else: Image.new("1", (9000, 9000)).save(img, "PNG")                        # 81 M pixels in a few kB
-    one_line_error(cli("train", *TINY, "--data-root", data_copy, "--out", tmp_path / "r", *SHORT, "--gpu-data", "on"), img, message)
+    one_line_error(cli("train", *TINY, "--data-root", data_copy, "--out", tmp_path / "r", *SHORT, "--data-path", "resident"), img, message)
     p = cli("prepare", "synthetic", "--root", data_copy, "--manifest", tmp_path / "m.json")
     one_line_error(p, "1 of", "images cannot be read", img)
     assert not (tmp_path / "m.json").exists()
