@@ -13,15 +13,16 @@ from .download import DownloadError, ChecksumError
 from .core import FolderLocked, atomic_write, in_notebook, add_config_options
 
 # %% auto #0
-__all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'train_config_from_args',
-           'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command', 'error_line', 'main']
+__all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'variant_deps', 'sync_deps',
+           'train_config_from_args', 'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command',
+           'error_line', 'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
     "One option per field of config dataclass `cls` (`add_config_options`, `28_core`): train's, evaluate's and bench's options alike."
     return add_config_options(p, cls, skip)
 
-PARAMS_SECTIONS = dict(profile=str, datasets=list, eval_datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict,
+PARAMS_SECTIONS = dict(profile=str, datasets=list, eval_datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict, variant_defs=dict,
                        evaluate=dict)
 DATA_KEYS = ("root", "synthetic_seed", "archives", "custom")
 
@@ -32,8 +33,10 @@ def read_params(path) -> dict:
     """A params file, checked: unknown sections, `data` keys, variants, datasets, `eval_datasets` outside `datasets`, and `train` /
     `overrides` keys (and overrides of unknown variants) are errors listing the known ones, so a typo never trains with the defaults.
     Values are checked where they are used (`TrainConfig`, `EvalConfig`). The user's own datasets, `data.custom`, are registered
-    first (`register_custom_datasets`), so that `datasets` and every command given these params know them by name."""
+    first (`register_custom_datasets`), and so are the variants declared under `variant_defs` (`models.register_variants`), so that
+    `datasets`, `variants` and every command given these params know them by name."""
     from reid_nb.data import DATASETS, register_custom_datasets
+    from reid_nb.models import register_variants
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such params file")
     try: doc = yaml.safe_load(path.read_text())
@@ -47,6 +50,7 @@ def read_params(path) -> dict:
     data, fields = doc.get("data") or {}, [f.name for f in dataclasses.fields(TrainConfig)]
     if set(data) - set(DATA_KEYS): raise _known(f"key(s) under data in {path}:", set(data) - set(DATA_KEYS), DATA_KEYS)
     register_custom_datasets(data.get("custom"), source=f"{path}: data.custom")
+    register_variants(doc.get("variant_defs"), source=f"{path}: variant_defs")
     for key, known in (("variants", VARIANTS), ("datasets", DATASETS)):
         if set(doc.get(key) or []) - set(known):
             err = _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
@@ -74,6 +78,33 @@ def load_params(path, variant: str | None = None) -> dict:
     out.update(doc.get("train") or {})
     if variant is not None: out.update((doc.get("overrides") or {}).get(variant) or {})
     return out
+
+def variant_deps(variant: str) -> list[str]:
+    "The `reid_nb` module files building `variant`'s model imports: backbone, head, models, and the components its config uses."
+    from reid_nb.models import VARIANTS, ModelConfig, COMPONENTS
+    if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    used = ModelConfig(**VARIANTS[variant]).components()
+    return sorted(["backbone.py", "head.py", "models.py"] + [COMPONENTS[c].split(".")[-1] + ".py" for c in used])
+
+def sync_deps(params="params.yaml", root=".", check: bool = False) -> dict[str, list[str]]:
+    """Make `deps/variants/<variant>/` (see deps/README.md) hold exactly a relative link per module of `variant_deps` for every variant
+    of the params file; with `check`, change nothing and raise a ValueError naming what is missing or extra. Returns the changes."""
+    doc, root = read_params(params), Path(root)
+    changes = {}
+    for v in doc.get("variants") or []:
+        folder, want = root / "deps" / "variants" / v, variant_deps(v)
+        have = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        add, extra = [f for f in want if f not in have or not (folder / f).is_symlink()], [f for f in have if f not in want]
+        if add or extra: changes[v] = [f"+{f}" for f in add] + [f"-{f}" for f in extra]
+        if check or not (add or extra): continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in extra + add:
+            if (folder / f).is_symlink() or (folder / f).exists(): (folder / f).unlink()
+        for f in add: (folder / f).symlink_to(Path("..", "..", "..", "reid_nb", f))
+    if check and changes:
+        raise ValueError(f"{params}: deps/variants does not match the variants' code: "
+                         + "; ".join(f"{v}: {' '.join(c)}" for v, c in changes.items()) + " — run `reid-nb deps --params " + f"{params}` to write the links")
+    return changes
 
 def train_config_from_args(args) -> TrainConfig:
     "Merge `--params` file values and explicit command-line options (which win) into a validated `TrainConfig`."
@@ -225,7 +256,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                           "(before it averages it with the mirrored image's and L2-normalises it); N is dynamic. Needs onnx, "
                           "onnxscript and onnxruntime (the dev extras).")
 
-    sub.add_parser("variants", help="list the model variants", description="List the model variants and their configs.")
+    va = sub.add_parser("variants", help="list the model variants", description="List the model variants: name, label, description and config.")
+    va.add_argument("--params", type=Path, help="also the variants this params file declares under variant_defs")
+    dp = sub.add_parser("deps", help="write deps/variants/<variant> links for the variants of a params file",
+                        description="Make deps/variants/<variant>/ hold a link to each reid_nb module the variant's model imports, for "
+                                    "every variant of the params file (its train and evaluate stages depend on that folder; see deps/README.md).")
+    dp.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file (default: params.yaml)")
+    dp.add_argument("--check", action="store_true", help="change nothing; fail, naming the differences, when a link is missing or extra")
     return p
 
 # %% ../nbs/32_cli.ipynb #ecf48869
@@ -435,10 +472,17 @@ def _export(args):
               f"max |feature difference| {res['max_abs_diff']:.2e} (tolerance {args.tolerance:g})")
 
 def _variants(args):
-    for name, c in VARIANTS.items(): print(f"{name:10s} {json.dumps(c)}")
+    if args.params: read_params(args.params)                       # registers the variants it declares
+    for name, c in VARIANTS.items(): print(f"{name:10s} {c.label} — {c.description}\n{'':10s} {json.dumps(c)}")
+
+def _deps(args):
+    changes = sync_deps(args.params, check=args.check)
+    for v, c in changes.items(): print(f"deps/variants/{v}: {' '.join(c)}")
+    print(f"deps/variants {'matches' if args.check else 'now matches'} the variants of {args.params}" if args.check or changes else
+          f"deps/variants already matches the variants of {args.params}")
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "synth": _synth, "download": _download, "prepare": _prepare, "report": _report,
-            "bench": _bench, "profile": _profile, "variants": _variants, "extract": _extract, "search": _search, "export": _export,
+            "bench": _bench, "profile": _profile, "variants": _variants, "deps": _deps, "extract": _extract, "search": _search, "export": _export,
             "make-rehearsal": lambda a: make_rehearsal(a.params, seed=a.seed, out_params=a.out_params)}
 
 USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError, FolderLocked, DownloadError, yaml.YAMLError)

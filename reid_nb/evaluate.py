@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .models import model_from_config, count_flops, count_params, VARIANTS
+from .models import model_from_config, count_flops, count_params, VARIANTS, upgrade_config, upgrade_state_dict
 from .backbone import check_fits
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment
@@ -47,11 +47,13 @@ def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     except ValueError as e: raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
     missing = [k for k in ("variant", "num_classes", "model_config") if k not in meta]
     if missing: raise ValueError(f"{cfg_path}: lacks {', '.join(missing)}; is it a config.json written by reid-nb train?")
+    meta["model_config"] = upgrade_config(meta["model_config"])       # a run saved before attention was chosen by name
     check_variant(meta, cfg_path)
     model = model_from_config(meta["model_config"], meta["num_classes"])   # no backbone download: the weights come next
     try: sd = load_file(str(w_path))
     except Exception as e:
         raise ValueError(f"{w_path}: not a readable safetensors file ({type(e).__name__}: {e}); was its writer killed? Train the run again") from None
+    sd = upgrade_state_dict(sd)
     check_fits(model, sd, f"{w_path}: weights do not fit variant {meta['variant']!r}")
     model.load_state_dict(sd)
     return model.to(device).eval(), meta

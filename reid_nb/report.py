@@ -8,13 +8,16 @@ import csv, json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from collections.abc import Mapping
+from .models import VARIANTS
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'VARIANT_COLORS',
-           'load_metrics', 'load_query_ap', 'table1', 'split_constant', 'caption', 'to_markdown', 'save_table',
-           'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps', 'ablation_statement',
-           'cross_domain', 'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs', 'plot_training', 'plot_data',
-           'pick_queries', 'plot_retrieval', 'plot_attention', 'report_html', 'run_report']
+           'VariantLabels', 'load_metrics', 'load_query_ap', 'table1', 'split_constant', 'caption', 'to_markdown',
+           'save_table', 'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps',
+           'ablation_statement', 'cross_domain', 'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs',
+           'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval', 'plot_attention', 'report_html',
+           'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -29,9 +32,13 @@ PUBLISHED = [
 SEED_ABLATION = {  # variant -> (Market-1501 mAP, rank-1) published by the seed (Table 2; `full` from Table 1); rga_sc from the RGA paper
     "baseline": (71.7, 82.4), "sam": (76.3, 89.6), "sam_ff": (81.5, 92.7), "full": (82.4, 94.8), "rga_sc": (88.4, 96.1)}
 
-VARIANT_LABELS = {"baseline": "Baseline (ResNet50-IBN-a)", "sam": "Baseline + SAM", "sam_ff": "Baseline + SAM + FF",
-                  "full": "Baseline + SAM + FF + ECA (full)", "rga_s": "ResNet-50 + RGA-S", "rga_c": "ResNet-50 + RGA-C",
-                  "rga_sc": "ResNet-50 + RGA-SC"}
+class VariantLabels(Mapping):
+    "The report's name of each variant: a read-only view of the variants table, `models.VARIANTS` (each row's `label`), not a table of its own."
+    def __getitem__(self, v: str) -> str: return VARIANTS[v].label
+    def __iter__(self): return iter(VARIANTS)
+    def __len__(self): return len(VARIANTS)
+
+VARIANT_LABELS = VariantLabels()
 
 DATASET_LABELS = {"market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID", "synthetic": "synthetic (embedded)"}
 

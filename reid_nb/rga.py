@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .backbone import ResNetReID, STAGES
 
 # %% auto #0
-__all__ = ['RGA_MODES', 'conv_bn', 'gate_net', 'RGA', 'rga_after_stages']
+__all__ = ['RGA_MODES', 'RELATION_ATTNS', 'conv_bn', 'gate_net', 'RGA', 'rga_after_stages', 'relation_attn']
 
 # %% ../nbs/04_rga.ipynb #af982906
 def conv_bn(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
@@ -109,3 +109,11 @@ def rga_after_stages(backbone: ResNetReID, input_size=(256, 128), mode: str = "s
     shapes = backbone.stage_shapes(tuple(input_size))
     return nn.ModuleDict({s: RGA(shapes[s][0], shapes[s][1] * shapes[s][2], use_spatial="s" in mode, use_channel="c" in mode, **kwargs)
                           for s in stages})
+
+# %% ../nbs/04_rga.ipynb #4b7e2a04
+RELATION_ATTNS = ("rga_s", "rga_c", "rga_sc")
+
+def relation_attn(name: str, backbone: ResNetReID, input_size=(256, 128)) -> nn.ModuleDict:
+    "RGA modules `name` ('rga_s', 'rga_c' or 'rga_sc') after conv2 … conv5 of `backbone`, sized for `input_size` images."
+    if name not in RELATION_ATTNS: raise ValueError(f"relation_attn: unknown attention {name!r}; known: {', '.join(RELATION_ATTNS)} or 'none'")
+    return rga_after_stages(backbone, input_size, name.removeprefix("rga_"))

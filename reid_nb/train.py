@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
                           broadcast, check_fields, from_mapping)
 from .backbone import check_width
-from .models import VARIANTS
+from .models import VARIANTS, upgrade_config
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment, without_timings
 from .sampler import PKSampler
@@ -222,7 +222,7 @@ def check_compatible(meta: dict, variant: str, num_classes: int, model_config: d
         raise ValueError(f"{path}: checkpoint is for variant {meta.get('variant')!r}, not {variant!r}")
     if meta.get("num_classes") != num_classes:
         raise ValueError(f"{path}: checkpoint has {meta.get('num_classes')} classes, the dataset has {num_classes}")
-    saved = meta.get("model_config", {})
+    saved = upgrade_config(meta.get("model_config", {}))          # a run saved before attention was chosen by name
     diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
     if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
 

@@ -25,7 +25,9 @@ def read(name): return yaml.safe_load((ROOT / name).read_text())
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_is_consistent_with_the_code(name):
     doc = read(name)
-    assert set(doc) <= {"profile", "datasets", "eval_datasets", "variants", "seeds", "data", "train", "overrides", "evaluate"}, sorted(doc)
+    assert set(doc) <= {"profile", "datasets", "eval_datasets", "variants", "variant_defs", "seeds", "data", "train", "overrides",
+                        "evaluate"}, sorted(doc)
+    assert doc["variant_defs"] == {}, "a committed profile declares no variants of its own (each would add trainings)"
     seeds = doc["seeds"]                # the pipeline's matrix: each stage passes its own --seed, which wins over any other
     assert isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds), seeds
     assert "seed" not in doc["train"] and not any("seed" in (o or {}) for o in doc["overrides"].values()), \
@@ -50,8 +52,9 @@ def test_rehearsal_differs_from_the_paper_in_scale_only():
     assert changed <= SCALE_KEYS, sorted(changed - SCALE_KEYS)
     assert reh["train.input_size"] == [256, 128] and reh["train.width"] == 1.0 and reh["datasets"] == ["market1501", "dukemtmc"]
     covered = {VARIANTS[v]["backbone"] for v in read("params-rehearsal.yaml")["variants"]}
-    parts = {k for v in read("params-rehearsal.yaml")["variants"] for k in ("mhsa", "eca", "fusion", "rga") if VARIANTS[v][k] not in ((), [], "none")}
-    assert covered == {"resnet50_ibn_a", "resnet50"} and parts == {"mhsa", "eca", "fusion", "rga"}
+    parts = {k for v in read("params-rehearsal.yaml")["variants"] for k in ("mhsa", "channel_attn", "fusion", "relation_attn")
+             if VARIANTS[v][k] not in ((), [], "none")}
+    assert covered == {"resnet50_ibn_a", "resnet50"} and parts == {"mhsa", "channel_attn", "fusion", "relation_attn"}
 
 
 def test_profile_command_sets_every_value(tmp_path):
