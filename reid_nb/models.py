@@ -170,6 +170,9 @@ register_variants(json.loads(os.environ.get(VARIANTS_ENV) or "{}"), source=f"${V
 # %% ../nbs/07_models.ipynb #1dd0f7ef
 class AfterStage(nn.ModuleDict):
     "The attention modules applied, in order, to one stage's output; `maps` (when given) collects RGA-S's spatial gates as `rga_<stage>`."
+    def __init__(self, modules: dict | None = None):    # `{name: module}` in application order (the signature the docs can show)
+        super().__init__(modules)
+
     def forward(self, x, maps: dict | None = None, stage: str = ""):
         for mod in self.values():
             if hasattr(mod, "forward_with_map"):                            # RGA: the output, and its spatial map (or None)
