@@ -16,18 +16,18 @@ from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
 from .train import TrainConfig
-from .loader import TrainBatches
+from .loader import TrainBatches, DATA_PATHS
 from .step import TrainStep, RunningStats, HostReads, build_training
 from .core import auto_on, resolve_device, amp_dtype, atomic_write, in_notebook, add_config_options
 
 # %% auto #0
-__all__ = ['PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
+__all__ = ['COMPARED_PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
            'preset_config', 'LongEpochs', 'time_loop', 'count_host_syncs', 'train_setup', 'measure_inference',
            'market_like_labels', 'eval_problem', 'measure_eval', 'environment', 'benchmark', 'format_report',
            'add_arguments', 'config_from_args', 'run', 'main', 'report_page']
 
 # %% ../nbs/34_bench.ipynb #2ea318ab
-PATHS = ("resident", "classic")                       # the data paths a benchmark compares (`26_loader`)
+COMPARED_PATHS = tuple(p for p in DATA_PATHS if p != "auto")   # the data paths a benchmark compares: the `data_path` values of `26_loader`
 EVAL_SCALES = {  # queries, gallery, identities, distractors, feature dim (the scales of bench/bench_metrics.py)
     "tiny": (60, 300, 20, 40, 64),
     "small": (842, 3978, 188, 700, 2048),
@@ -39,7 +39,7 @@ PAPER_EPOCHS, MARKET_TRAIN_IMAGES, MARKET_TEST_IMAGES = 120, 12_936, 3_368 + 15_
 class BenchConfig(TrainConfig):
     "What one benchmark run measures, and how: a `TrainConfig` (the settings of each measured step) and the benchmark's own fields."
     variants: tuple[str, ...] = ("baseline",)   # variants to measure, or 'all'
-    data_paths: tuple[str, ...] = PATHS         # the data paths to time, each a TrainConfig.data_path value
+    data_paths: tuple[str, ...] = COMPARED_PATHS   # the data paths to time, each a TrainConfig.data_path value
     warmup: int = 1                      # untimed steps before the timed ones (the classic path adds 4 per worker)
     steps: int = 3                       # timed steps per variant and path
     fused: str = "auto"                  # fused Adam: auto (on, as fit does, CPU or CUDA) | on | off
@@ -49,8 +49,9 @@ class BenchConfig(TrainConfig):
     eval_scale: str = "tiny"             # evaluation / re-ranking problem size: tiny | small | market | none
     eval_repeats: int = 3                # timed repeats of the evaluation (the median is reported)
     rerank: bool = True                  # also time re-ranking
+    data_root: str = ""                  # "" : a synthetic set made in a temporary folder for this run only; a folder: its datasets
 
-    CHOICES = dict(TrainConfig.CHOICES, data_paths=PATHS, fused=("auto", "on", "off"), eval_scale=(*EVAL_SCALES, "none"))
+    CHOICES = dict(TrainConfig.CHOICES, data_paths=COMPARED_PATHS, fused=("auto", "on", "off"), eval_scale=(*EVAL_SCALES, "none"))
     NOT_TIMED = ("variant", "out", "data_path", "epochs", "schedule", "milestones", "gamma", "warmup_epochs", "warmup_factor",
                  "ckpt_every", "log_every", "max_batches", "diverge_factor")   # TrainConfig fields that do not shape one step: no options
 
@@ -61,7 +62,7 @@ class BenchConfig(TrainConfig):
             if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; known variants: {', '.join(VARIANTS)} (or 'all')")
         self.variant = self.variants[0]
         super().__post_init__()                   # TrainConfig's checks: types, input size, P, K, ...
-        if not self.data_paths: raise ValueError(f"data_paths: expected at least one of {', '.join(PATHS)}")
+        if not self.data_paths: raise ValueError(f"data_paths: expected at least one of {', '.join(COMPARED_PATHS)}")
         for k, allowed in self.CHOICES.items():
             for v in (getattr(self, k) if k == "data_paths" else (getattr(self, k),)):
                 if v not in allowed: raise ValueError(f"{k}={v!r}; expected one of {', '.join(allowed)}")
@@ -281,7 +282,7 @@ def benchmark(cfg: BenchConfig, log=None, progress: bool = False) -> dict:
     if cfg.threads: torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
-    fresh = cfg.dataset == "synthetic" and not (Path(cfg.data_root) / "synthetic").is_dir()
+    fresh = not cfg.data_root                        # the default: the same freshly made synthetic set on every machine
     tmp = tempfile.TemporaryDirectory(prefix="reid_bench_") if fresh else None     # a synthetic set made for this run only
     try:
         root = tmp.name if tmp else cfg.data_root
@@ -432,15 +433,16 @@ def main(argv=None) -> int:
 
 # %% ../nbs/34_bench.ipynb #b3e4c002
 def _cmd(c: dict) -> str:
-    "A `reid-nb bench` command line that reproduces config `c` (every option the presets set, explicitly)."
-    keys = sorted({k for v in PRESETS.values() for k in v})
+    "A `reid-nb bench` command line that reproduces config `c`: every option the command has, explicitly."
+    c = dict(c, data_paths=c.get("data_paths", c.get("paths")))           # a JSON written before the option was called data_paths
+    keys = sorted(f.name for f in fields(BenchConfig) if f.name not in BenchConfig.NOT_TIMED and f.name not in ("data_paths", "seed", "variants"))
     def val(v): return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
     parts = []
     for k in keys:
         opt, v = "--" + k.replace("_", "-"), c.get(k)
         if isinstance(v, bool): parts.append(opt if v else "--no-" + k.replace("_", "-"))
-        elif v is not None: parts.append(f"{opt} {val(v)}")
-    return "reid-nb bench " + " ".join(parts + [f"--data-paths {val(c['data_paths'])}", f"--seed {c['seed']}"])
+        elif v not in (None, ""): parts.append(f"{opt} {val(v)}")
+    return "reid-nb bench " + " ".join(parts + [f"--variants {val(c['variants'])}", f"--data-paths {val(c['data_paths'])}", f"--seed {c['seed']}"])
 
 def report_page(res: dict) -> str:
     "A Markdown page of `benchmark` result `res` (the JSON of `--json`): command, machine, configuration, every table."
@@ -476,7 +478,7 @@ def report_page(res: dict) -> str:
         L += ["", f"## Evaluation at the {v['scale']} scale", "", f"{v['num_query']:,} queries × {v['num_gallery']:,} gallery images, "
               f"dimension {v['dim']}, on `{v['device']}`, median of {v['repeats']}: distance {v['distance_ms']:.1f} ms + `evaluate_rank` "
               f"{v['evaluate_ms']:.1f} ms = {v['evaluation_ms']:.1f} ms" + (f"; re-ranking {v['rerank_ms']:.1f} ms." if "rerank_ms" in v else ".")]
-    L += ["", "## Configuration", "", "```json", json.dumps(c, indent=1), "```", ""]
+    L += ["", "## Configuration", "", "```json", json.dumps({k: v for k, v in c.items() if k not in BenchConfig.NOT_TIMED}, indent=1), "```", ""]
     return "\n".join(L)
 
 # %% ../nbs/34_bench.ipynb #7a904158

@@ -62,7 +62,7 @@ def read_params(path) -> dict:
         raise ValueError(f"{path}: eval_datasets {', '.join(map(repr, sorted(map(str, set(cross) - set(doc.get('datasets') or [])))))} "
                          f"not under datasets ({', '.join(map(str, doc.get('datasets') or [])) or 'none'}): every run is also tested on each dataset of eval_datasets, "
                          f"and the pipeline prepares only the datasets listed under datasets; add them there")
-    from reid_nb.train import renamed_message
+    from reid_nb.loader import renamed_message
     for where, sec in [("train", doc.get("train") or {})] + [(f"overrides.{v}", o) for v, o in (doc.get("overrides") or {}).items()]:
         if isinstance(sec, dict) and "gpu_data" in sec: raise ValueError(f"{path}: {where}: " + renamed_message(sec["gpu_data"]))
     if set(doc.get("train") or {}) - set(fields): raise _known(f"training parameter(s) under train in {path}:", set(doc["train"]) - set(fields), fields)

@@ -9,8 +9,8 @@ from .sampler import PKSampler
 from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
 
 # %% auto #0
-__all__ = ['DATA_PATHS', 'GPU_DATA_TO_DATA_PATH', 'resolve_data_path', 'data_path_from_gpu_data', 'sample_seed', 'SeededSamples',
-           'resident_size', 'TrainBatches', 'eval_batches']
+__all__ = ['DATA_PATHS', 'GPU_DATA_TO_DATA_PATH', 'resolve_data_path', 'data_path_from_gpu_data', 'renamed_message',
+           'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'eval_batches']
 
 # %% ../nbs/26_loader.ipynb #4c0a1d06
 DATA_PATHS = ("auto", "resident", "classic")      # the values of every `data_path` option
@@ -26,6 +26,13 @@ def data_path_from_gpu_data(value) -> str:
     "The `data_path` value of an old `gpu_data` value (on → resident, off → classic, auto → auto)."
     try: return GPU_DATA_TO_DATA_PATH[value]
     except (KeyError, TypeError): raise ValueError(f"gpu_data={value!r}: expected on, off or auto") from None
+
+def renamed_message(gpu_data) -> str:
+    "The error for a config that still has the key `gpu_data`, with its translation."
+    try: new = data_path_from_gpu_data(gpu_data)
+    except ValueError: new = "resident | classic | auto"
+    return (f"the training parameter gpu_data was renamed data_path: write data_path: {new} instead of gpu_data: {gpu_data!r} "
+            "(on → resident, off → classic, auto → auto)")
 
 # %% ../nbs/26_loader.ipynb #e9ad511b
 def sample_seed(seed: int, epoch: int, batch: int, pos: int = 0) -> int:

@@ -18,15 +18,14 @@ from .models import VARIANTS, upgrade_config
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment, without_timings
 from .sampler import PKSampler
-from .loader import DATA_PATHS, TrainBatches, data_path_from_gpu_data
+from .loader import DATA_PATHS, TrainBatches, data_path_from_gpu_data, renamed_message
 from .step import NonFiniteLoss, TrainStep, RunningStats, set_lr, build_training
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_FIELDS', 'TrainConfig', 'renamed_message',
-           'upgrade_train_config', 'lr_at', 'save_checkpoint', 'read_checkpoint', 'read_meta', 'all_finite',
-           'restore_optimizer', 'model_state', 'with_prefix', 'check_compatible', 'run_files', 'setting_changes',
-           'plan_run', 'clear_run', 'EpochLog', 'SeenSamples', 'params_digest', 'Checkpointer', 'Start', 'fit',
-           'setup_run', 'finish_run']
+__all__ = ['RUN_FILES', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_FIELDS', 'TrainConfig', 'upgrade_train_config',
+           'lr_at', 'save_checkpoint', 'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state',
+           'with_prefix', 'check_compatible', 'run_files', 'setting_changes', 'plan_run', 'clear_run', 'EpochLog',
+           'SeenSamples', 'params_digest', 'Checkpointer', 'Start', 'fit', 'setup_run', 'finish_run']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -124,13 +123,6 @@ class TrainConfig:
         return dict(flip_p=self.flip_p, pad=self.crop_pad, erase_p=self.erase_p)
 
     def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-def renamed_message(gpu_data) -> str:
-    "The error for a config that still has the key `gpu_data`, with its translation."
-    try: new = data_path_from_gpu_data(gpu_data)
-    except ValueError: new = "resident | classic | auto"
-    return (f"the training parameter gpu_data was renamed data_path: write data_path: {new} instead of gpu_data: {gpu_data!r} "
-            "(on → resident, off → classic, auto → auto)")
 
 def upgrade_train_config(d: dict) -> dict:
     "A saved `train_config` with an old `gpu_data` key read as today's `data_path` (for comparing a checkpoint's settings)."
