@@ -15,32 +15,11 @@ from .losses import ReIDLoss
 from .transforms import host_to_device
 
 # %% auto #0
-__all__ = ['NonFiniteLoss', 'TrainStep', 'RunningStats', 'param_groups', 'set_lr', 'build_training', 'HostReads']
+__all__ = ['NonFiniteLoss', 'RunningStats', 'TrainStep', 'param_groups', 'set_lr', 'build_training', 'HostReads']
 
 # %% ../nbs/27_step.ipynb #c83c4eda
 class NonFiniteLoss(FloatingPointError):
     "Training diverged: a NaN or infinite loss or weight, or a loss past `diverge_factor` times the run's first one."
-
-class TrainStep:
-    "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
-    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1, scaler=None):
-        self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype
-        self.channels_last, self.world = channels_last, world
-        self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
-
-    def __call__(self, x, y):
-        "Returns `(loss, parts, logits)`, device tensors; whether the loss was finite is the caller's to check (`RunningStats`)."
-        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            logits, feat = self.net(x)
-        loss, parts = self.criterion(logits.float(), feat.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.world > 1:
-            for p in self.criterion.parameters():   # the center loss's centres live outside DDP: average their gradients here
-                if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
-        self.scaler.step(self.opt); self.scaler.update()
-        return loss, parts, logits
 
 class RunningStats:
     """An epoch's running sums (loss, its parts, correct predictions), the first non-finite loss and the first loss past
@@ -88,6 +67,29 @@ class RunningStats:
         ref = None if math.isnan(s[-1]) else s[-1]
         return dict(zip(self.KEYS, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds, loss_ref=ref)
 
+# %% ../nbs/27_step.ipynb #773ed2a6
+class TrainStep:
+    "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
+    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1, scaler=None):
+        self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype
+        self.channels_last, self.world = channels_last, world
+        self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+
+    def __call__(self, x, y):
+        "Returns `(loss, parts, logits)`, device tensors; whether the loss was finite is the caller's to check (`RunningStats`)."
+        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits, feat = self.net(x)
+        loss, parts = self.criterion(logits.float(), feat.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.world > 1:
+            for p in self.criterion.parameters():   # the center loss's centres live outside DDP: average their gradients here
+                if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
+        self.scaler.step(self.opt); self.scaler.update()
+        return loss, parts, logits
+
+# %% ../nbs/27_step.ipynb #fd8dfa43
 def param_groups(model, criterion, new_lr_mult: float = 1.0) -> list[dict]:
     """The optimiser's parameter groups: everything at the base rate, except, when pretrained weights were loaded, the layers
     that were not in the checkpoint (`model.new_parameters`), whose group carries `lr_mult=new_lr_mult`."""
