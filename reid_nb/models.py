@@ -323,7 +323,8 @@ class ReIDModel(nn.Module):
 # %% ../nbs/07_models.ipynb #3031de14
 def build_model(variant: str, num_classes: int, **overrides) -> ReIDModel:
     "The `variant` model (a key of `VARIANTS`) with `num_classes` identities; `overrides` change `ModelConfig` fields."
-    if variant not in VARIANTS: variant_config(variant)                 # the error: unknown variant, known ones
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}" + (f" ({ENV_ERROR})" if ENV_ERROR else ""))
     bad = sorted(set(overrides) - set(MODEL_OPTIONS))
     if bad: raise ValueError(f"unknown model option(s) {bad}; known: {list(MODEL_OPTIONS)}")
     try: cfg = ModelConfig(**{**VARIANTS[variant], **overrides})
