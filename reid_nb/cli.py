@@ -4,18 +4,18 @@
 
 # %% ../nbs/32_cli.ipynb #01c0d20f
 from __future__ import annotations
-import argparse, dataclasses, json, shlex, subprocess, sys, typing
+import argparse, dataclasses, json, os, shlex, subprocess, sys, typing
 from pathlib import Path
 import yaml
 from .train import TrainConfig, fit
-from .models import VARIANTS
+from .models import VARIANTS, variant_config
 from .download import DownloadError, ChecksumError
 from .core import FolderLocked, atomic_write, in_notebook, add_config_options
 
 # %% auto #0
 __all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'variant_deps', 'sync_deps',
-           'train_config_from_args', 'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command',
-           'error_line', 'main']
+           'check_variant_record', 'train_config_from_args', 'build_parser', 'dataset_manifest', 'make_rehearsal',
+           'profile_command', 'error_line', 'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
@@ -84,30 +84,46 @@ def load_params(path, variant: str | None = None) -> dict:
 
 def variant_deps(variant: str) -> list[str]:
     "The `reid_nb` module files building `variant`'s model imports: backbone, head, models, and the components its config uses."
-    from reid_nb.models import VARIANTS, ModelConfig, COMPONENTS
-    if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    used = ModelConfig(**VARIANTS[variant]).components()
+    from reid_nb.models import COMPONENTS, variant_config
+    used = variant_config(variant).components()       # validates a declared variant fully (imports its attention modules)
     return sorted(["backbone.py", "head.py", "models.py"] + [COMPONENTS[c].split(".")[-1] + ".py" for c in used])
 
 def sync_deps(params="params.yaml", root=".", check: bool = False) -> dict[str, list[str]]:
     """Make `deps/variants/<variant>/` (see deps/README.md) hold exactly a relative link per module of `variant_deps` for every variant
-    of the params file; with `check`, change nothing and raise a ValueError naming what is missing or extra. Returns the changes."""
+    of the params file, and, for a variant the params file declares (`variant_defs`), its definition in `variant.json`
+    (`models.variant_record`), so that DVC tracks each definition with that variant's stages only. With `check`, change nothing
+    and raise a ValueError naming what is missing (+), extra (-) or out of date (~). Returns the changes."""
+    from reid_nb.models import BUILTIN_VARIANTS, variant_record
     doc, root = read_params(params), Path(root)
     changes = {}
     for v in doc.get("variants") or []:
         folder, want = root / "deps" / "variants" / v, variant_deps(v)
+        record = None if v in BUILTIN_VARIANTS else variant_record(v)
         have = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        add, extra = [f for f in want if f not in have or not (folder / f).is_symlink()], [f for f in have if f not in want]
-        if add or extra: changes[v] = [f"+{f}" for f in add] + [f"-{f}" for f in extra]
-        if check or not (add or extra): continue
+        add = [f for f in want if f not in have or not (folder / f).is_symlink()]
+        extra = [f for f in have if f not in want and not (f == "variant.json" and record is not None)]
+        stale = record is not None and "variant.json" in have and (folder / "variant.json").read_text() != record
+        if record is not None and "variant.json" not in have: add.append("variant.json")
+        if add or extra or stale: changes[v] = [f"+{f}" for f in add] + [f"-{f}" for f in extra] + ["~variant.json"] * stale
+        if check or not changes.get(v): continue
         folder.mkdir(parents=True, exist_ok=True)
         for f in extra + add:
             if (folder / f).is_symlink() or (folder / f).exists(): (folder / f).unlink()
-        for f in add: (folder / f).symlink_to(Path("..", "..", "..", "reid_nb", f))
+        for f in add:
+            if f != "variant.json": (folder / f).symlink_to(Path("..", "..", "..", "reid_nb", f))
+        if record is not None: atomic_write(folder / "variant.json", lambda tmp: Path(tmp).write_text(record))
     if check and changes:
-        raise ValueError(f"{params}: deps/variants does not match the variants' code: "
-                         + "; ".join(f"{v}: {' '.join(c)}" for v, c in changes.items()) + " — run `reid-nb deps --params " + f"{params}` to write the links")
+        raise ValueError(f"{params}: deps/variants does not match the variants: "
+                         + "; ".join(f"{v}: {' '.join(c)}" for v, c in changes.items()) + " — run `reid-nb deps --params " + f"{params}` to write them")
     return changes
+
+def check_variant_record(variant: str, params, root=".") -> None:
+    """Refuse to run `variant` when `deps/variants/<variant>/variant.json` (under `root`, the working directory) exists but is not
+    the variant's registered definition: the DVC stage would depend on a stale file (`reid-nb train`/`evaluate` with `--params`)."""
+    from reid_nb.models import variant_record
+    f = Path(root) / "deps" / "variants" / variant / "variant.json"
+    if variant in VARIANTS and f.is_file() and f.read_text() != variant_record(variant):
+        raise ValueError(f"{f}: differs from variant {variant!r} as {params} declares it; run `reid-nb deps --params {params}` to rewrite it")
 
 def train_config_from_args(args) -> TrainConfig:
     "Merge `--params` file values and explicit command-line options (which win) into a validated `TrainConfig`."
@@ -361,6 +377,9 @@ def _evaluate(args):
     if args.params:
         doc = read_params(args.params)
         ev, data = doc.get("evaluate") or {}, doc.get("data") or {}
+        try: v = json.loads((Path(args.run) / "config.json").read_text()).get("variant")
+        except (OSError, ValueError, AttributeError): v = None            # evaluate_run names what is wrong with the run
+        if isinstance(v, str): check_variant_record(v, args.params)
     settings = dict(ev)
     for f in dataclasses.fields(EvalConfig):
         if getattr(args, f.name, None) is not None: settings[f.name] = getattr(args, f.name)
@@ -375,7 +394,10 @@ def _train(args):
         raise ValueError("--resume, --resume-if-possible and --overwrite exclude each other: pass one")
     if args.allow_changes and not args.resume: raise ValueError("--allow-changes goes with --resume")
     resume = "auto" if args.resume_if_possible else args.resume
-    summary = fit(train_config_from_args(args), resume=resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
+    cfg = train_config_from_args(args)
+    if args.params: check_variant_record(cfg.variant, args.params)
+    variant_config(cfg.variant)              # a declared variant's bad attention name: one line now, not after the data is decoded
+    summary = fit(cfg, resume=resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
                   progress=not args.no_progress, manifest=args.manifest, record_ranks=args.record_ranks)
     f = summary.get("final") or {}
     print(f"trained {summary['variant']} on {summary['dataset']} for {summary['epochs']} epochs in {summary['seconds']:.0f} s "
@@ -418,7 +440,13 @@ def _report(args):
     params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
                   profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [],
                   seeds=doc.get("seeds") or [0], eval_datasets=doc.get("eval_datasets") or [])
-    nb, html = run_report(args.template, args.out, params)
+    from reid_nb.models import VARIANTS_ENV, variants_env
+    env, before = variants_env(), os.environ.get(VARIANTS_ENV)      # the report's kernel learns the declared variants from it
+    os.environ.update(env)
+    try: nb, html = run_report(args.template, args.out, params)
+    finally:                                                          # set for the kernel only, not for what this process runs next
+        if env and before is None: os.environ.pop(VARIANTS_ENV, None)
+        elif env: os.environ[VARIANTS_ENV] = before
     print(f"wrote {nb} and {html}")
 
 def _profile(args):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .models import model_from_config, count_flops, count_params, VARIANTS, upgrade_config, upgrade_state_dict
+from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, upgrade_config, upgrade_state_dict
 from .backbone import check_fits
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment
@@ -30,7 +30,12 @@ TRAINING_SET = ("input_size", "width", "pretrained")   # model-config keys set b
 def check_variant(meta: dict, where="config.json"):
     "Refuse a run whose `variant` is not the architecture its `model_config` describes (the metrics are labelled with the variant)."
     v, mc = meta.get("variant"), meta.get("model_config") or {}
-    if v not in VARIANTS: raise ValueError(f"{where}: variant {v!r} is not one of {', '.join(VARIANTS)}")
+    if v not in VARIANTS:                 # declared in a params file this process has not read: the config must be complete
+        if not isinstance(v, str) or not v: raise ValueError(f"{where}: variant {v!r} is not a variant name")
+        if missing := [o for o in MODEL_OPTIONS if o not in mc]:
+            raise ValueError(f"{where}: variant {v!r} is not one of {', '.join(VARIANTS)}, and its model_config lacks "
+                             f"{', '.join(missing)}, so the architecture is unknown; pass --params with the file that declares {v!r}")
+        return
     diff = {k: (mc.get(k), x) for k, x in VARIANTS[v].items() if k not in TRAINING_SET and mc.get(k) != x}
     if diff:
         raise ValueError(f"{where}: says variant {v!r}, but its model_config is another architecture ("

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_models.ipynb #04d5b8c2
 from __future__ import annotations
-import dataclasses, importlib, json, os, re
+import dataclasses, importlib, json, os, re, warnings
 from dataclasses import dataclass, field
 from functools import partial
 import torch
@@ -15,9 +15,10 @@ from .head import POOLINGS, NECKS, ReIDHead
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'BACKBONES', 'CHANNEL_ATTN_AT', 'MODEL_OPTIONS', 'PROFILE_OPTIONS', 'VARIANT_KEYS', 'VARIANTS',
-           'BUILTIN_VARIANTS', 'VARIANTS_ENV', 'component', 'ModelConfig', 'Variant', 'make_variant',
-           'register_variants', 'AfterStage', 'ReIDModel', 'build_model', 'model_from_config', 'upgrade_config',
-           'upgrade_key', 'upgrade_state_dict', 'count_params', 'count_flops', 'variant_table', 'markdown_table']
+           'BUILTIN_VARIANTS', 'VARIANTS_ENV', 'DECLARED', 'ENV_ERROR', 'component', 'ModelConfig', 'Variant',
+           'make_variant', 'register_variants', 'variant_config', 'variant_record', 'variants_env', 'load_env_variants',
+           'AfterStage', 'ReIDModel', 'build_model', 'model_from_config', 'upgrade_config', 'upgrade_key',
+           'upgrade_state_dict', 'count_params', 'count_flops', 'variant_table', 'markdown_table']
 
 # %% ../nbs/07_models.ipynb #b5593f2a
 COMPONENTS = {"mhsa": "reid_nb.mhsa", "channel_attn": "reid_nb.eca", "relation_attn": "reid_nb.rga", "fusion": "reid_nb.fusion"}
@@ -141,12 +142,15 @@ for _name, _spec in {   # the ablation: each variant is its base plus what it ad
 BUILTIN_VARIANTS = tuple(VARIANTS)
 
 # %% ../nbs/07_models.ipynb #7c0d1e02
-VARIANTS_ENV = "REID_NB_VARIANT_DEFS"   # the declared variants, as JSON, for child processes (the report's notebook kernel)
+VARIANTS_ENV = "REID_NB_VARIANT_DEFS"   # the declared variants, as JSON, for a child process (the report's notebook kernel)
+DECLARED: dict[str, dict] = {}           # the definitions `register_variants` added, as written, for `variants_env`
+ENV_ERROR: str | None = None             # why $REID_NB_VARIANT_DEFS could not be read, if it could not
 
-def register_variants(defs: dict | None, source: str = "variant_defs") -> list[str]:
+def register_variants(defs: dict | None, source: str = "variant_defs", check: bool = False) -> list[str]:
     """Add the variants `defs` declares, `{name: {base: ..., label: ..., description: ..., <ModelConfig field>: ...}}`, to `VARIANTS`
-    (each validated: an unknown base, key or value is an error naming it). Declaring a name again with the same definition is a no-op;
-    a built-in name, or a name declared differently before, is an error. Child processes inherit the definitions (`VARIANTS_ENV`)."""
+    (an unknown base or key is an error naming it; `check` also validates the values, which imports the attention modules — else
+    `variant_config` does it when the model is built). Declaring a name again with the same definition is a no-op;
+    a built-in name, or a name declared differently before, is an error."""
     if not defs: return []
     if not isinstance(defs, dict): raise ValueError(f"{source}: expected a mapping of variant names to definitions, got {defs!r}")
     names = []
@@ -156,16 +160,43 @@ def register_variants(defs: dict | None, source: str = "variant_defs") -> list[s
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
             raise ValueError(f"{source}: variant name {name!r} must be letters, digits and '_' (it names run folders and DVC stages)")
         if name in BUILTIN_VARIANTS: raise ValueError(f"{where}: {name!r} is a built-in variant; choose another name")
-        try: v = make_variant(name, **spec)
+        try: v = make_variant(name, check=check, **spec)
         except (ValueError, TypeError) as e: raise ValueError(f"{source}: {e}") from None
         if name in VARIANTS and not VARIANTS[name].same(v): raise ValueError(f"{where}: variant {name!r} is already declared differently")
-        VARIANTS[name] = v
+        VARIANTS[name], DECLARED[name] = v, dict(spec)
         names.append(name)
-    declared = json.loads(os.environ.get(VARIANTS_ENV) or "{}")
-    os.environ[VARIANTS_ENV] = json.dumps(declared | {n: defs[n] for n in names})
     return names
 
-register_variants(json.loads(os.environ.get(VARIANTS_ENV) or "{}"), source=f"${VARIANTS_ENV}")   # declared by a parent process
+def variant_config(name: str) -> ModelConfig:
+    "The validated `ModelConfig` of variant `name` (imports the attention modules it uses); a bad value is an error naming the variant."
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}" + (f" ({ENV_ERROR})" if ENV_ERROR else ""))
+    try: return ModelConfig(**VARIANTS[name])
+    except (ValueError, TypeError) as e: raise ValueError(f"variant {name!r}: {e}") from None
+
+def variant_record(name: str) -> str:
+    "Variant `name` as `reid-nb deps` writes it to deps/variants/<name>/variant.json: config, label, description and base, keys sorted."
+    v = VARIANTS[name]
+    return json.dumps(dict(config=dict(v), label=v.label, description=v.description, base=v.base), sort_keys=True, indent=1) + "\n"
+
+def variants_env(names=None) -> dict[str, str]:
+    "The environment a child process needs to know the declared variants (`names`, default all): `{VARIANTS_ENV: JSON}`, or `{}`."
+    defs = {n: DECLARED[n] for n in (DECLARED if names is None else names) if n in DECLARED}
+    return {VARIANTS_ENV: json.dumps(defs)} if defs else {}
+
+def load_env_variants(environ=None) -> list[str]:
+    "Register the variants a parent process declared in `$REID_NB_VARIANT_DEFS`; a bad value is one error naming the variable."
+    raw = (os.environ if environ is None else environ).get(VARIANTS_ENV)
+    if not raw: return []
+    try: defs = json.loads(raw)
+    except ValueError as e: raise ValueError(f"${VARIANTS_ENV} is not valid JSON ({e}); it should hold variant definitions — unset it") from None
+    try: return register_variants(defs, source=f"${VARIANTS_ENV}")
+    except ValueError as e: raise ValueError(f"{e} (unset ${VARIANTS_ENV} if a stale value was left there)") from None
+
+try: load_env_variants()                 # declared by a parent process; a bad value must not stop every import of reid_nb
+except ValueError as _e:
+    ENV_ERROR = str(_e)
+    warnings.warn(ENV_ERROR)
 
 # %% ../nbs/07_models.ipynb #1dd0f7ef
 class AfterStage(nn.ModuleDict):
@@ -292,10 +323,15 @@ class ReIDModel(nn.Module):
 # %% ../nbs/07_models.ipynb #3031de14
 def build_model(variant: str, num_classes: int, **overrides) -> ReIDModel:
     "The `variant` model (a key of `VARIANTS`) with `num_classes` identities; `overrides` change `ModelConfig` fields."
-    if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}" + (f" ({ENV_ERROR})" if ENV_ERROR else ""))
     bad = sorted(set(overrides) - set(MODEL_OPTIONS))
     if bad: raise ValueError(f"unknown model option(s) {bad}; known: {list(MODEL_OPTIONS)}")
-    return ReIDModel(ModelConfig(**{**VARIANTS[variant], **overrides}), num_classes, variant=variant)
+    try: cfg = ModelConfig(**{**VARIANTS[variant], **overrides})
+    except ValueError as e:                                            # a declared variant's values are first checked here
+        if variant in BUILTIN_VARIANTS: raise
+        raise ValueError(f"variant {variant!r}: {e}") from None
+    return ReIDModel(cfg, num_classes, variant=variant)
 
 def model_from_config(config: dict, num_classes: int, pretrained: str | None = None) -> ReIDModel:
     "Rebuild the model that `ReIDModel.config` describes (backbone weights from `pretrained`, default none: load a checkpoint next); older configs are upgraded first (`upgrade_config`)."
@@ -306,7 +342,13 @@ def model_from_config(config: dict, num_classes: int, pretrained: str | None = N
         raise ValueError(f"model config is for {cfg['num_classes']} classes, asked for {num_classes}")
     cfg.pop("num_classes", None)                      # tolerated when it agrees
     cfg["pretrained"] = pretrained
-    return build_model(variant, num_classes, **cfg)
+    if variant in VARIANTS: return build_model(variant, num_classes, **cfg)
+    # a variant this process does not know (declared in a params file it has not read): the saved config is the whole architecture
+    if missing := [o for o in MODEL_OPTIONS if o not in cfg]:
+        raise ValueError(f"model config of variant {variant!r}, which is not a known variant ({', '.join(VARIANTS)}), lacks "
+                         f"{', '.join(missing)}: it cannot be rebuilt without the variant's definition (pass the params file that declares it)")
+    try: return ReIDModel(ModelConfig(**cfg), num_classes, variant=variant)
+    except (ValueError, TypeError) as e: raise ValueError(f"model config of variant {variant!r}: {e}") from None
 
 # %% ../nbs/07_models.ipynb #7c0d1e06
 _OLD_ECA, _OLD_RGA = ("none", "stage", "block"), ("none", "s", "c", "sc")
