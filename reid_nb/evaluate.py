@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, upgrade_config, upgrade_state_dict
+from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS, upgrade_config, upgrade_state_dict
 from .backbone import check_fits
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment
@@ -21,12 +21,9 @@ from .rerank import re_ranking
 from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed, check_fields, from_mapping
 
 # %% auto #0
-__all__ = ['TRAINING_SET', 'check_variant', 'load_model', 'extract_features', 'EvalConfig', 'info_path', 'topk_ranking',
-           'evaluate_run']
+__all__ = ['check_variant', 'load_model', 'extract_features', 'EvalConfig', 'info_path', 'topk_ranking', 'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
-TRAINING_SET = ("input_size", "width", "pretrained")   # model-config keys set by the training profile, not by the variant
-
 def check_variant(meta: dict, where="config.json"):
     "Refuse a run whose `variant` is not the architecture its `model_config` describes (the metrics are labelled with the variant)."
     v, mc = meta.get("variant"), meta.get("model_config") or {}
@@ -36,7 +33,7 @@ def check_variant(meta: dict, where="config.json"):
             raise ValueError(f"{where}: variant {v!r} is not one of {', '.join(VARIANTS)}, and its model_config lacks "
                              f"{', '.join(missing)}, so the architecture is unknown; pass --params with the file that declares {v!r}")
         return
-    diff = {k: (mc.get(k), x) for k, x in VARIANTS[v].items() if k not in TRAINING_SET and mc.get(k) != x}
+    diff = {k: (mc.get(k), x) for k, x in VARIANTS[v].items() if k not in PROFILE_OPTIONS and mc.get(k) != x}
     if diff:
         raise ValueError(f"{where}: says variant {v!r}, but its model_config is another architecture ("
                          + ", ".join(f"{k}: {a!r}, {v!r} has {b!r}" for k, (a, b) in diff.items()) + "); its metrics would carry the wrong label")

@@ -14,11 +14,11 @@ from .backbone import STAGES, check_width, resnet50_ibn_a, resnet50
 from .head import POOLINGS, NECKS, ReIDHead
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'BACKBONES', 'CHANNEL_ATTN_AT', 'MODEL_OPTIONS', 'PROFILE_OPTIONS', 'VARIANT_KEYS', 'VARIANTS',
-           'BUILTIN_VARIANTS', 'VARIANTS_ENV', 'DECLARED', 'ENV_ERROR', 'component', 'ModelConfig', 'Variant',
-           'make_variant', 'register_variants', 'variant_config', 'variant_record', 'variants_env', 'load_env_variants',
-           'AfterStage', 'ReIDModel', 'build_model', 'model_from_config', 'upgrade_config', 'upgrade_key',
-           'upgrade_state_dict', 'count_params', 'count_flops', 'variant_table', 'markdown_table']
+__all__ = ['COMPONENTS', 'BACKBONES', 'MODEL_OPTIONS', 'PROFILE_OPTIONS', 'VARIANT_KEYS', 'VARIANTS', 'BUILTIN_VARIANTS',
+           'VARIANTS_ENV', 'DECLARED', 'ENV_ERROR', 'component', 'ModelConfig', 'Variant', 'make_variant',
+           'register_variants', 'variant_config', 'variant_record', 'variants_env', 'load_env_variants', 'AfterStage',
+           'ReIDModel', 'build_model', 'model_from_config', 'upgrade_config', 'upgrade_key', 'upgrade_state_dict',
+           'count_params', 'count_flops', 'variant_table', 'markdown_table']
 
 # %% ../nbs/07_models.ipynb #b5593f2a
 COMPONENTS = {"mhsa": "reid_nb.mhsa", "channel_attn": "reid_nb.eca", "relation_attn": "reid_nb.rga", "fusion": "reid_nb.fusion"}
@@ -30,7 +30,6 @@ def component(name: str):
 
 # %% ../nbs/07_models.ipynb #ec3b86b5
 BACKBONES = {"resnet50_ibn_a": resnet50_ibn_a, "resnet50": resnet50}
-CHANNEL_ATTN_AT = ("stage", "block")
 
 _CHOICES = {"channel_attn": "CHANNEL_ATTNS", "relation_attn": "RELATION_ATTNS", "fusion": "FUSIONS"}   # each component's list of names
 
@@ -49,7 +48,7 @@ class ModelConfig:
     mhsa: tuple = ()                      # stages whose bottleneck 3×3 convs become MHSA, e.g. ('conv4', 'conv5')
     mhsa_heads: int = 4
     channel_attn: str = "none"            # 'none' | a timm attention name: 'eca' (the seed), 'se', 'cbam', 'gc', ... (03_eca)
-    channel_attn_at: str = "stage"        # 'stage' (after each of conv1..conv5, the seed) | 'block' (in every bottleneck, ECA-Net)
+    channel_attn_at: str = "stage"        # 'stage' (after each of conv1..conv5, the seed) | 'block' (in every bottleneck, ECA-Net); unused without channel_attn
     relation_attn: str = "none"           # 'none' | 'rga_s' | 'rga_c' | 'rga_sc': one RGA module after each of conv2..conv5 (04_rga)
     fusion: str = "none"                  # 'none' | 'concat' (conv3+conv4+conv5, the seed) | 'sum'
     pooling: str = "avg"                  # 'avg' | 'gem' | 'max'
@@ -66,9 +65,10 @@ class ModelConfig:
         for s in self.mhsa: _check_choice("mhsa", s, component("mhsa").MHSA_STAGES)
         if not isinstance(self.mhsa_heads, int) or self.mhsa_heads < 1:
             raise ValueError(f"ModelConfig.mhsa_heads: expected a positive integer, got {self.mhsa_heads!r}")
-        _check_choice("channel_attn_at", self.channel_attn_at, CHANNEL_ATTN_AT)
         for name in _CHOICES:                 # 'none' needs no module; other values are checked against the component's list
             if getattr(self, name) != "none": _check_choice(name, getattr(self, name), getattr(component(name), _CHOICES[name]))
+        if self.channel_attn != "none":       # where the gates go means something only when there are gates
+            _check_choice("channel_attn_at", self.channel_attn_at, component("channel_attn").PLACEMENTS)
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("neck", self.neck, NECKS)
         try: h, w = (int(v) for v in self.input_size)

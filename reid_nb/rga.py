@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .backbone import ResNetReID, STAGES
 
 # %% auto #0
-__all__ = ['RGA_MODES', 'RELATION_ATTNS', 'conv_bn', 'gate_net', 'RGA', 'rga_after_stages', 'relation_attn']
+__all__ = ['RELATION_ATTNS', 'conv_bn', 'gate_net', 'RGA', 'relation_attn']
 
 # %% ../nbs/04_rga.ipynb #af982906
 def conv_bn(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
@@ -97,23 +97,15 @@ class RGA(nn.Module):
         return f"RGA-{kind}, in_channels={self.in_channels}, in_spatial={self.in_spatial}"
 
 # %% ../nbs/04_rga.ipynb #7a5484a3
-RGA_MODES = ("none", "s", "c", "sc")
-
-def rga_after_stages(backbone: ResNetReID, input_size=(256, 128), mode: str = "sc",
-                     stages=("conv2", "conv3", "conv4", "conv5"), **kwargs) -> nn.ModuleDict:
-    "One `RGA` per stage in `stages`, sized for an `input_size` (H, W) image; pass as `backbone.forward_stages(x, after=...)`."
-    if mode not in RGA_MODES: raise ValueError(f"unknown RGA mode {mode!r}; known: {list(RGA_MODES)}")
-    bad = [s for s in stages if s not in STAGES]
-    if bad: raise ValueError(f"rga_after_stages: unknown stage(s) {bad}; known: {list(STAGES)}")
-    if mode == "none": return nn.ModuleDict()
-    shapes = backbone.stage_shapes(tuple(input_size))
-    return nn.ModuleDict({s: RGA(shapes[s][0], shapes[s][1] * shapes[s][2], use_spatial="s" in mode, use_channel="c" in mode, **kwargs)
-                          for s in stages})
-
-# %% ../nbs/04_rga.ipynb #4b7e2a04
 RELATION_ATTNS = ("rga_s", "rga_c", "rga_sc")
 
-def relation_attn(name: str, backbone: ResNetReID, input_size=(256, 128)) -> nn.ModuleDict:
-    "RGA modules `name` ('rga_s', 'rga_c' or 'rga_sc') after conv2 … conv5 of `backbone`, sized for `input_size` images."
+def relation_attn(name: str, backbone: ResNetReID, input_size=(256, 128), stages=("conv2", "conv3", "conv4", "conv5"),
+                  **kwargs) -> nn.ModuleDict:
+    """RGA modules `name` ('rga_s': spatial, 'rga_c': channel, 'rga_sc': both) after each stage in `stages` of `backbone`, sized
+    for an `input_size` (H, W) image; pass as `backbone.forward_stages(x, after=...)`."""
     if name not in RELATION_ATTNS: raise ValueError(f"relation_attn: unknown attention {name!r}; known: {', '.join(RELATION_ATTNS)} or 'none'")
-    return rga_after_stages(backbone, input_size, name.removeprefix("rga_"))
+    bad = [s for s in stages if s not in STAGES]
+    if bad: raise ValueError(f"relation_attn: unknown stage(s) {bad}; known: {list(STAGES)}")
+    kind, shapes = name.removeprefix("rga_"), backbone.stage_shapes(tuple(input_size))
+    return nn.ModuleDict({s: RGA(shapes[s][0], shapes[s][1] * shapes[s][2], use_spatial="s" in kind, use_channel="c" in kind, **kwargs)
+                          for s in stages})

@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_train.ipynb #e68410ca
 from __future__ import annotations
-import collections, contextlib, csv, dataclasses, hashlib, json, math, shutil, time
+import collections, contextlib, json, math, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,18 +14,16 @@ from tqdm.auto import tqdm
 from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
                           broadcast, check_fields, from_mapping)
 from .backbone import check_width
-from .models import VARIANTS, upgrade_config
+from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
 from .provenance import environment, without_timings
 from .sampler import PKSampler
-from .loader import DATA_PATHS, TrainBatches, data_path_from_gpu_data, renamed_message
-from .step import NonFiniteLoss, TrainStep, RunningStats, set_lr, build_training
+from .loader import DATA_PATHS, TrainBatches, renamed_message
+from .step import TrainStep, RunningStats, set_lr, build_training
+from .runs import plan_run, clear_run, Checkpointer, EpochLog, SeenSamples
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_FIELDS', 'TrainConfig', 'upgrade_train_config',
-           'lr_at', 'save_checkpoint', 'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state',
-           'with_prefix', 'check_compatible', 'run_files', 'setting_changes', 'plan_run', 'clear_run', 'EpochLog',
-           'SeenSamples', 'params_digest', 'Checkpointer', 'Start', 'fit', 'setup_run', 'finish_run']
+__all__ = ['TrainConfig', 'lr_at', 'Start', 'fit', 'setup_run', 'finish_run']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -124,12 +122,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-def upgrade_train_config(d: dict) -> dict:
-    "A saved `train_config` with an old `gpu_data` key read as today's `data_path` (for comparing a checkpoint's settings)."
-    d = dict(d or {})
-    if "gpu_data" in d: d.setdefault("data_path", data_path_from_gpu_data(d.pop("gpu_data")))
-    return d
-
 # %% ../nbs/30_train.ipynb #d2cc2c03
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
     "Learning rate for (0-based) `epoch`."
@@ -139,226 +131,6 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
         t = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
     return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-
-# %% ../nbs/30_train.ipynb #d547650e
-def save_checkpoint(path, model: nn.Module, optimizer=None, meta: dict | None = None, extra: dict | None = None):
-    "Write model (+ optimiser state, + `extra` tensors) and JSON `meta` to one safetensors file, atomically."
-    from safetensors.torch import save_file
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = dict(meta or {})
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        for i, st in sd["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v): tensors[f"optim.{i}.{k}"] = v.detach().cpu().contiguous()
-        meta["optim_param_groups"] = sd["param_groups"]
-    for k, v in (extra or {}).items(): tensors[k] = v.detach().cpu().contiguous()
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"reid_nb": json.dumps(meta)}))
-
-def read_checkpoint(path) -> tuple[dict, dict]:
-    "`(tensors, meta)` of a checkpoint written by `save_checkpoint`; an unreadable file is a clear error."
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no checkpoint there")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("reid_nb", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
-    return tensors, meta
-
-def read_meta(path) -> dict:
-    "The JSON metadata of a checkpoint (position, configs, history), without loading its tensors."
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no checkpoint there")
-    try:
-        with safe_open(str(path), framework="pt") as f: return json.loads((f.metadata() or {}).get("reid_nb", "{}"))
-    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
-
-def all_finite(*objs) -> bool:
-    "Whether every floating-point tensor of the modules / optimisers `objs` (parameters, buffers, optimiser state) is finite."
-    ts = []
-    for o in objs:
-        if isinstance(o, nn.Module): ts += [t for t in o.state_dict().values() if t.is_floating_point()]
-        elif isinstance(o, torch.optim.Optimizer):
-            ts += [t for st in o.state.values() for t in st.values() if torch.is_tensor(t) and t.is_floating_point()]
-    return not ts or bool(torch.stack([torch.isfinite(t).all() for t in ts]).all())
-
-def restore_optimizer(optimizer, tensors: dict, meta: dict):
-    "Load the optimiser state saved by `save_checkpoint` into `optimizer`."
-    state = {}
-    for k, v in with_prefix(tensors, "optim.").items():          # optim.<parameter index>.<state name>
-        i, name = k.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    saved, now = meta["optim_param_groups"], optimizer.param_groups
-    if len(saved) != len(now) or any(len(a["params"]) != len(b["params"]) for a, b in zip(saved, now)):
-        raise ValueError(f"the checkpoint's optimiser has parameter groups of {[len(g['params']) for g in saved]} tensors, this run's "
-                         f"{[len(g['params']) for g in now]} (with pretrained weights the new layers have a group of their own): "
-                         "it was written by another setting or another version; start without --resume")
-    mults = [g.get("lr_mult", 1.0) for g in now]
-    optimizer.load_state_dict({"state": state, "param_groups": saved})
-    for g, m in zip(optimizer.param_groups, mults): g["lr_mult"] = m     # this run's multipliers, not the saved ones
-
-def model_state(tensors: dict) -> dict:
-    "The model's state dict inside a checkpoint's tensors."
-    return with_prefix(tensors, "model.")
-
-def with_prefix(tensors: dict, prefix: str) -> dict:
-    "The entries of `tensors` whose key starts with `prefix`, the prefix removed (`model.`, `criterion.`, `optim.`)."
-    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-
-def check_compatible(meta: dict, variant: str, num_classes: int, model_config: dict, path=""):
-    "Refuse a checkpoint written for another variant, class count or model config, saying which differs."
-    if meta.get("variant") != variant:
-        raise ValueError(f"{path}: checkpoint is for variant {meta.get('variant')!r}, not {variant!r}")
-    if meta.get("num_classes") != num_classes:
-        raise ValueError(f"{path}: checkpoint has {meta.get('num_classes')} classes, the dataset has {num_classes}")
-    saved = upgrade_config(meta.get("model_config", {}))          # a run saved before attention was chosen by name
-    diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
-    if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
-
-# %% ../nbs/30_train.ipynb #663d76d4
-RUN_FILES = ("last.safetensors", "model.safetensors", "config.json", "log.csv", "train_summary.json", "eval_summary.json",
-             "ranking.json", "ranks")                                  # what a run writes into its folder (ranks: with record_ranks)
-FINAL_FILES = ("model.safetensors", "config.json", "train_summary.json", "eval_summary.json", "ranking.json")
-RESULT_NEUTRAL = ("out", "data_root", "num_workers", "log_every", "ckpt_every")   # settings that do not change the trained model
-RUN_MODES = ("new", "overwrite", "resume", "auto")
-
-def run_files(out) -> list[str]:
-    "The files of a run present in folder `out`."
-    return [f for f in RUN_FILES if (Path(out) / f).exists()]
-
-def setting_changes(meta: dict, cfg: TrainConfig, fingerprint: str | None = None) -> dict:
-    "`{setting: (in the checkpoint, now)}` for each setting that shapes the model and differs from checkpoint `meta`'s, and the dataset."
-    saved, now = upgrade_train_config(meta.get("train_config")), cfg.to_dict()
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL and saved.get(k) != v}
-    was = meta.get("dataset_fingerprint")
-    if fingerprint and was and was != fingerprint: diff["dataset (fingerprint)"] = (was[:12], fingerprint[:12])
-    return diff
-
-def _listing(changes: dict) -> str: return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items())
-
-def plan_run(out, mode: str, cfg: TrainConfig, num_classes: int, model_config: dict, fingerprint: str | None = None,
-             allow_changes: bool = False) -> dict:
-    """What `fit` does with run folder `out` in `mode` (see the table): `{'start': 'fresh' | 'resume', 'clear': [files to remove
-    first], 'history': [...], 'note': what to print}`; refusals are errors that say what is there and what to pass."""
-    if mode not in RUN_MODES: raise ValueError(f"mode={mode!r}: expected one of {', '.join(RUN_MODES)}")
-    out = Path(out); ckpt, have = out / "last.safetensors", run_files(out)
-    fresh = dict(start="fresh", clear=have, history=[], note="")
-    if mode == "overwrite": return dict(fresh, note=f"--overwrite: removed the previous run's {', '.join(have)}" if have else "")
-    if mode == "new":
-        if have: raise FileExistsError(f"{out} already holds a run ({', '.join(have)}); pass --resume to continue it, or --overwrite to replace it")
-        return fresh
-    if not ckpt.is_file():
-        if mode == "resume" and have:
-            raise FileExistsError(f"--resume: {out} has no checkpoint (last.safetensors) to continue from, but holds {', '.join(have)}; "
-                                  "pass --overwrite to replace that run")
-        return dict(fresh, note=f"no checkpoint at {ckpt}: starting from scratch")
-    meta = read_meta(ckpt)
-    try: check_compatible(meta, cfg.variant, num_classes, model_config, ckpt)
-    except ValueError as e:
-        if mode == "auto": return dict(fresh, note=f"{e}: starting over")
-        raise
-    changes = setting_changes(meta, cfg, fingerprint)
-    if changes and mode == "auto": return dict(fresh, note=f"{ckpt} was written with other settings ({_listing(changes)}): starting over")
-    if changes and not allow_changes:
-        raise ValueError(f"--resume: {ckpt} was written with other settings ({_listing(changes)}); the result would be a model that no "
-                         "single config describes. Pass --overwrite to start over, or --allow-changes to continue with the new values "
-                         "(recorded in config.json's history)")
-    step = dict(epoch=meta.get("epoch"), batch=meta.get("batch"), changed={k: [a, b] for k, (a, b) in changes.items()})
-    return dict(start="resume", clear=[f for f in FINAL_FILES if f in have] if changes else [],
-                history=list(meta.get("history") or []) + ([step] if changes else []),
-                note=f"resuming {ckpt} at epoch {meta.get('epoch')}, batch {meta.get('batch')}"
-                     + (f", with changed settings ({_listing(changes)}), recorded in the run's history" if changes else ""))
-
-def clear_run(out, names):
-    "Remove the run files `names` from folder `out`."
-    for n in names:
-        p = Path(out) / n
-        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
-        elif p.exists() or p.is_symlink(): p.unlink()
-
-# %% ../nbs/30_train.ipynb #c83c4eda
-LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
-
-class EpochLog:
-    "The run's per-epoch rows: kept in the checkpoint's metadata, written to `log.csv` and printed by rank 0."
-    def __init__(self, path, title: str = "", epochs: int = 0, rows=(), rank: int = 0):
-        self.path, self.title, self.epochs, self.rows, self.rank = Path(path), title, epochs, list(rows), rank
-
-    def add(self, epoch: int, lr: float, r: dict, world: int = 1) -> dict:
-        "Append the row of finished `epoch` from `RunningStats.read()` sums `r` (this rank's images; `world` ranks)."
-        m = max(r["images"], 1)
-        row = dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
-                   acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
-                   images_per_s=r["images"] * world / max(r["seconds"], 1e-9))
-        self.rows.append(row)
-        return row
-
-    def write(self):
-        "Rank 0: print the last row, rewrite `log.csv` (atomically) with every row."
-        if self.rank != 0 or not self.rows: return
-        r = self.rows[-1]
-        print(f"{self.title} epoch {r['epoch'] + 1}/{self.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
-              f"acc {r['acc']:.3f} lr {r['lr']:.2e} {r['images_per_s']:.1f} img/s")
-        def w(tmp):
-            with open(tmp, "w", newline="") as f:
-                wr = csv.DictWriter(f, fieldnames=LOG_FIELDS); wr.writeheader(); wr.writerows(self.rows)
-        atomic_write(self.path, w)
-
-# %% ../nbs/30_train.ipynb #e9106002
-class SeenSamples:
-    "Which samples this rank trained on in each epoch; `write` adds a digest of the parameters: `ranks/rank{r}.json` (a DDP test's evidence)."
-    def __init__(self): self.seen = {}
-    def add(self, epoch: int, indices): self.seen.setdefault(epoch, set()).update(indices)
-
-    def write(self, out, model: nn.Module, rank: int = 0, world: int = 1):
-        (Path(out) / "ranks").mkdir(parents=True, exist_ok=True)
-        (Path(out) / "ranks" / f"rank{rank}.json").write_text(json.dumps(dict(rank=rank, world_size=world,
-            params_sha256=params_digest(model), seen={str(e): sorted(s) for e, s in self.seen.items()}), indent=1))
-
-def params_digest(model: nn.Module) -> str:
-    "SHA-256 of the parameters (not the buffers: BN running statistics are rank-local until DDP broadcasts rank 0's)."
-    h = hashlib.sha256()
-    for k, v in sorted(model.named_parameters()): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-# %% ../nbs/30_train.ipynb #bca3bf82
-class Checkpointer:
-    "Saves the training state to `path` (rank 0 writes, every rank checks) only when it is finite, and names the last good one."
-    def __init__(self, path, model, optimizer, criterion, meta: dict, rank: int = 0):
-        self.path, self.model, self.opt, self.criterion, self.meta, self.rank = Path(path), model, optimizer, criterion, meta, rank
-        self.saved = None                                  # (epoch, batch) of the last checkpoint known to be good
-
-    def last_good(self) -> str:
-        "A sentence naming the last good checkpoint, for an error message."
-        if self.saved is None: return "no checkpoint was written"
-        e, b = self.saved
-        return (f"the last good checkpoint is {self.path} (epoch {e}, batch {b}): continue from it with --resume "
-                "(with --allow-changes after changing what made it diverge)")
-
-    def save(self, epoch: int, batch: int, running: dict | None, log: list, loss_ref: float | None = None):
-        "Checkpoint the state after `batch` batches of 0-based `epoch` (batch 0 of the next epoch at an epoch's end)."
-        if not all_finite(self.model, self.opt, self.criterion):
-            raise NonFiniteLoss(f"non-finite weights after epoch {epoch + (batch > 0)}, batch {batch}: training stopped "
-                                f"before saving them; {self.last_good()}")
-        if self.rank == 0:
-            extra = {f"criterion.{k}": v for k, v in self.criterion.state_dict().items()} | {"rng.torch": torch.get_rng_state()}
-            save_checkpoint(self.path, self.model, self.opt, extra=extra,
-                            meta=dict(self.meta, epoch=epoch, batch=batch, running=running, log=log, loss_ref=loss_ref))
-        self.saved = (epoch, batch)
-
-    def restore(self) -> dict:
-        "Load model, criterion, optimiser and RNG state from `path` on every rank; returns the checkpoint's metadata."
-        tensors, meta = read_checkpoint(self.path)
-        self.model.load_state_dict(model_state(tensors))
-        crit = with_prefix(tensors, "criterion.")
-        if crit: self.criterion.load_state_dict(crit)
-        restore_optimizer(self.opt, tensors, meta)
-        if "rng.torch" in tensors: torch.set_rng_state(tensors["rng.torch"])
-        self.saved = (meta["epoch"], meta["batch"])
-        return meta
 
 # %% ../nbs/30_train.ipynb #5db1a03e
 def _mode(resume, overwrite: bool) -> str:

@@ -64,7 +64,7 @@ def test_train_then_evaluate(data_root, tmp_path):
 
 
 def _ckpt_position(path):
-    from reid_nb.train import read_checkpoint
+    from reid_nb.runs import read_checkpoint
     try:
         _, meta = read_checkpoint(path)
     except (FileNotFoundError, ValueError):
@@ -114,7 +114,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
                         input_size=(64, 32), P=4, K=2, num_workers=0, epochs=1, max_batches=6, ckpt_every=1)
     with pytest.raises(NonFiniteLoss, match="non-finite loss .* batch 4"):
         T.fit(cfg, progress=False)
-    tensors, meta = T.read_checkpoint(tmp_path / "nan" / "last.safetensors")
+    from reid_nb.runs import read_checkpoint
+    tensors, meta = read_checkpoint(tmp_path / "nan" / "last.safetensors")
     assert (meta["epoch"], meta["batch"]) == (0, 3)
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
 

@@ -64,7 +64,7 @@ def first_train_image(root: Path) -> Path:
 # 1. the last good checkpoint is good ------------------------------------------------------------------------------------------
 
 def test_lr_inf_stops_naming_a_checkpoint_that_resumes(data_root, tmp_path):
-    from reid_nb.train import read_checkpoint
+    from reid_nb.runs import read_checkpoint
     out = tmp_path / "inf"
     args = [*TINY, "--data-root", data_root, "--out", out, "--epochs", "2", "--max-batches", "4", "--ckpt-every", "1"]
     p = run_cli("train", *args, "--lr", "inf", check=False)
@@ -86,6 +86,8 @@ def test_lr_inf_stops_naming_a_checkpoint_that_resumes(data_root, tmp_path):
 
 def test_a_loss_that_explodes_with_finite_weights_stops_the_run(data_root, tmp_path, monkeypatch):
     from reid_nb import train as T
+    from reid_nb.runs import read_meta
+    from reid_nb.step import NonFiniteLoss
     from reid_nb.losses import ReIDLoss
     calls = {"n": 0}
     orig = ReIDLoss.forward
@@ -97,9 +99,9 @@ def test_a_loss_that_explodes_with_finite_weights_stops_the_run(data_root, tmp_p
     monkeypatch.setattr(ReIDLoss, "forward", exploding)
     cfg = T.TrainConfig(variant="baseline", dataset="synthetic", data_root=str(data_root), out=str(tmp_path / "boom"),
                         input_size=(64, 32), P=4, K=2, num_workers=0, epochs=1, max_batches=5, ckpt_every=1)
-    with pytest.raises(T.NonFiniteLoss, match=r"the loss diverged: .* at epoch 1, batch 3, more than 1000× the run's first loss"):
+    with pytest.raises(NonFiniteLoss, match=r"the loss diverged: .* at epoch 1, batch 3, more than 1000× the run's first loss"):
         T.fit(cfg, progress=False)
-    assert (T.read_meta(tmp_path / "boom" / "last.safetensors")["batch"]) == 2
+    assert (read_meta(tmp_path / "boom" / "last.safetensors")["batch"]) == 2
 
 
 # 2. a run folder holds one run ------------------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def pipe(tmp_path_factory):
 
 
 def test_a_killed_dvc_repro_resumes_the_interrupted_run(pipe):
-    from reid_nb.train import read_meta
+    from reid_nb.runs import read_meta
     from safetensors.torch import load_file
     run, stage = pipe / "runs" / "baseline-synthetic-s0", "train@baseline-synthetic-0"
     proc = sh(sys.executable, "-m", "dvc", "repro", stage, cwd=pipe, popen=True)
@@ -343,3 +345,4 @@ def test_archives_bombs_orphans_and_bad_copies(tmp_path):
 def test_prepare_synthetic_refuses_a_folder_it_did_not_make(data_copy):
     (data_copy / "synthetic" / "synthetic.json").unlink()
     one_line_error(cli("prepare", "synthetic", "--root", data_copy), "not one that reid_nb generated (no synthetic.json)")
+
