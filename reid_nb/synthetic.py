@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_synthetic.ipynb #6eb5912f
 from __future__ import annotations
-import json, os, shutil, tempfile, time
+import functools, json, os, shutil, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['Identity', 'make_identity', 'Camera', 'make_camera', 'render', 'SyntheticConfig', 'synthetic_plan', 'make_synthetic']
+__all__ = ['GAMMA_LEVELS', 'Identity', 'make_identity', 'Camera', 'make_camera', 'gamma_curve', 'render', 'SyntheticConfig',
+           'synthetic_plan', 'make_synthetic']
 
 # %% ../nbs/11_synthetic.ipynb #4ceb1264
 _TOPS = [(200, 30, 40), (30, 60, 170), (240, 240, 235), (25, 25, 30), (40, 140, 60), (235, 200, 40),
@@ -171,6 +172,16 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, h: 
     else: d.chord([cx - r, top, cx + r, top + 2 * r], 180, 360, fill=p.hair)
     if p.hat is not None: d.rectangle([cx - r * 1.15, top - r * .25, cx + r * 1.15, top + r * .7], fill=p.hat)
 
+# %% ../nbs/11_synthetic.ipynb #814bf8bb
+GAMMA_LEVELS = 65535          # the brightness grid the gamma curve is tabulated on (steps of 1/65535, far below one grey level)
+
+@functools.lru_cache(maxsize=64)
+def gamma_curve(gamma: float) -> np.ndarray:
+    """`v ** gamma` at `v = i / GAMMA_LEVELS`, float32, computed with Python's scalar `**`: the same bits on every CPU. (numpy's
+    vectorised `**` picks an AVX2 or AVX-512 kernel at run time, and the two differ in the last bit, which moved a few pixels across
+    a rounding boundary: the dataset, its fingerprint and every metric depended on the CPU that made it.)"""
+    return np.array([(i / GAMMA_LEVELS) ** gamma for i in range(GAMMA_LEVELS + 1)], dtype=np.float32)
+
 # %% ../nbs/11_synthetic.ipynb #b4f3e5d4
 def render(identity: Identity | None, cam: Camera, rng: np.random.Generator, size=(128, 64), scale: int = 2,
            part: str = "all") -> np.ndarray:
@@ -204,7 +215,7 @@ def render(identity: Identity | None, cam: Camera, rng: np.random.Generator, siz
     x = np.asarray(img, dtype=np.float32) / 255
     ramp = 1 + cam.light_dir * np.linspace(-1, 1, size[1], dtype=np.float32)[None, :, None]
     gain = cam.gain * rng.uniform(.9, 1.1)                    # per-shot exposure jitter
-    x = np.clip(x * ramp, 0, 1) ** cam.gamma * gain * np.asarray(cam.cast, dtype=np.float32)
+    x = gamma_curve(cam.gamma)[np.rint(np.clip(x * ramp, 0, 1) * GAMMA_LEVELS).astype(np.int32)] * gain * np.asarray(cam.cast, dtype=np.float32)
     x = x * 255 + rng.normal(0, cam.noise, x.shape).astype(np.float32)
     return np.clip(x + .5, 0, 255).astype(np.uint8)
 
