@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['CODE_PATHS', 'PACKAGES', 'code_state', 'library_versions', 'cpu_model', 'device_info', 'environment', 'describe',
-           'without_timings']
+__all__ = ['CODE_PATHS', 'PACKAGES', 'code_state', 'library_versions', 'cpu_model', 'simd_levels', 'device_info', 'environment',
+           'cpu_summary', 'describe', 'without_timings']
 
 # %% ../nbs/29_provenance.ipynb #2ace51b6
 CODE_PATHS = ("reid_nb", "nbs", "settings.ini", "setup.py", "pyproject.toml", "requirements-lock.txt", "dvc.yaml", "deps")
@@ -66,10 +66,23 @@ def cpu_model() -> str:
     except OSError: pass
     return platform.processor() or platform.machine() or "unknown"
 
+def simd_levels() -> dict:
+    """The vector instruction sets the CPU kernels run with: torch's CPU capability (e.g. `AVX512`, `AVX2`) and the optional numpy
+    kernels this CPU enables (e.g. `X86_V4 AVX512_ICL`; empty: numpy's baseline only). Two CPUs of one model name can differ here,
+    and so can their floating-point results in the last bit."""
+    try: t = torch.backends.cpu.get_cpu_capability()
+    except Exception: t = None
+    try:
+        from numpy._core import _multiarray_umath as m
+        n = " ".join(f for f in m.__cpu_dispatch__ if m.__cpu_features__.get(f))
+    except Exception: n = None
+    return dict(torch=t, numpy=n)
+
 def device_info(device="cpu") -> dict:
-    "Platform, CPU model, torch's thread count; on a CUDA `device` also the GPU's name and the CUDA and cuDNN versions."
+    "Platform, CPU model and its vector instruction sets, torch's thread count; on a CUDA `device` also the GPU's name and the CUDA and cuDNN versions."
     device = torch.device(device)
-    out = dict(platform=f"{platform.system()}-{platform.machine()}", cpu=cpu_model(), threads=torch.get_num_threads(), gpu=None)
+    out = dict(platform=f"{platform.system()}-{platform.machine()}", cpu=cpu_model(), simd=simd_levels(), threads=torch.get_num_threads(),
+               gpu=None)
     if device.type == "cuda":
         i = device.index if device.index is not None else torch.cuda.current_device()
         out["gpu"] = dict(name=torch.cuda.get_device_name(i), capability=".".join(map(str, torch.cuda.get_device_capability(i))),
@@ -81,12 +94,17 @@ def environment(device="cpu", dataset: str | None = None, fingerprint: str | Non
     "The provenance block of a result: code, libraries, device, dataset (name and manifest fingerprint)."
     return dict(code=code_state(), **library_versions(), device=device_info(device), dataset=dict(name=dataset, fingerprint=fingerprint))
 
+def cpu_summary(d: dict) -> str:
+    "A device block's CPU in words: model, torch's instruction set (when recorded), threads."
+    simd = (d.get("simd") or {}).get("torch")
+    return f"{d.get('cpu')}" + (f" ({simd})" if simd else "") + f", {d.get('threads')} threads"
+
 def describe(env: dict) -> str:
     "One line: commit (dirty), python and library versions, device, dataset fingerprint."
     c, d, p = env.get("code") or {}, env.get("device") or {}, env.get("packages") or {}
     commit = "no git commit" if not c.get("commit") else c["commit"][:12] + (" (dirty)" if c.get("dirty") else "")
     gpu = d.get("gpu")
-    dev = (f"{gpu['name']}, CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']}" if gpu else f"{d.get('cpu')}, {d.get('threads')} threads")
+    dev = f"{gpu['name']}, CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']}" if gpu else cpu_summary(d)
     fp = (env.get("dataset") or {}).get("fingerprint")
     return (f"reid_nb {c.get('version')} @ {commit}; python {env.get('python')}, "
             + ", ".join(f"{k} {v}" for k, v in p.items() if v) + f"; {d.get('platform')}, {dev}"

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from collections.abc import Mapping
 from .models import VARIANTS
+from .provenance import cpu_summary
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'VARIANT_COLORS',
@@ -296,7 +297,7 @@ def environments(df: pd.DataFrame) -> pd.DataFrame:
                          reid_nb=c.get("version"),
                          python=env.get("python"), **{k: v for k, v in p.items()},
                          device=(f"{gpu['name']} (CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})" if gpu else
-                                 f"{d.get('cpu')}, {d.get('threads')} threads"), platform=d.get("platform"),
+                                 cpu_summary(d)), platform=d.get("platform"),
                          dataset=ds.get("name"), fingerprint=(ds.get("fingerprint") or "—")[:12]))
     return pd.DataFrame(rows)
 
