@@ -105,7 +105,7 @@ class FolderLock:
 
     def __init__(self, folder, what: str = "reid-nb"):
         self.folder, self.what = Path(folder), what
-        self.path, self.held = self.folder / self.NAME, False
+        self.path, self.held, self.created = self.folder / self.NAME, False, []
 
     def owner(self) -> dict | None:
         "The lock file's content: None when there is no lock, {} when it cannot be read (being written, or cut short by a kill)."
@@ -122,6 +122,7 @@ class FolderLock:
         return owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", 0)))
 
     def acquire(self) -> "FolderLock":
+        self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]    # deepest first
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -140,8 +141,11 @@ class FolderLock:
         raise FolderLocked(f"{self.path}: could not take the lock (other processes keep creating it)")
 
     def release(self):
-        "Remove the lock file if this process holds it."
+        "Remove the lock file if this process holds it, and the folders the lock made when nothing was written into them."
         if self.held and (self.owner() or {}).get("pid") == os.getpid(): self.path.unlink(missing_ok=True)
+        for p in self.created if self.held else ():
+            try: p.rmdir()                       # only an empty folder: a run that failed before writing leaves nothing behind
+            except OSError: break
         self.held = False
 
     def __enter__(self): return self.acquire()

@@ -29,11 +29,12 @@ def test_help_lists_commands():
     (["evaluate", "--run", "no/such/run"], "missing"),
     (["train", "--variant", "full", "--dataset", "market1501", "--data-root", "no/such/root"], "market1501"),
 ])
-def test_bad_input_is_one_clear_line(args, message):
-    p = run_cli(*args, check=False)
+def test_bad_input_is_one_clear_line(args, message, tmp_path):
+    p = run_cli(*args, check=False, cwd=tmp_path)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert message in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+    assert list(tmp_path.iterdir()) == []          # a refused command leaves nothing behind (no empty runs/<variant>-<dataset>)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
