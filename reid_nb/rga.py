@@ -103,7 +103,7 @@ def relation_attn(name: str, backbone: ResNetReID, input_size=(256, 128), stages
                   **kwargs) -> nn.ModuleDict:
     """RGA modules `name` ('rga_s': spatial, 'rga_c': channel, 'rga_sc': both) after each stage in `stages` of `backbone`, sized
     for an `input_size` (H, W) image; pass as `backbone.forward_stages(x, after=...)`."""
-    if name not in RELATION_ATTNS: raise ValueError(f"relation_attn: unknown attention {name!r}; known: {', '.join(RELATION_ATTNS)} or 'none'")
+    if name not in RELATION_ATTNS: raise ValueError(f"relation_attn: unknown attention {name!r}; known: {', '.join(RELATION_ATTNS)}")
     bad = [s for s in stages if s not in STAGES]
     if bad: raise ValueError(f"relation_attn: unknown stage(s) {bad}; known: {list(STAGES)}")
     kind, shapes = name.removeprefix("rga_"), backbone.stage_shapes(tuple(input_size))

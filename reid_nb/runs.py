@@ -183,8 +183,8 @@ class Checkpointer:
     def save(self, epoch: int, batch: int, running: dict | None, log: list, loss_ref: float | None = None):
         "Checkpoint the state after `batch` batches of 0-based `epoch` (batch 0 of the next epoch at an epoch's end)."
         if not all_finite(self.model, self.opt, self.criterion):
-            raise NonFiniteLoss(f"non-finite weights after epoch {epoch + (batch > 0)}, batch {batch}: training stopped "
-                                f"before saving them; {self.last_good()}")
+            where = f"in epoch {epoch + 1}, after batch {batch}" if batch else f"after epoch {epoch}"
+            raise NonFiniteLoss(f"non-finite weights {where}: training stopped before saving them; {self.last_good()}")
         if self.rank == 0:
             extra = {f"criterion.{k}": v for k, v in self.criterion.state_dict().items()} | {"rng.torch": torch.get_rng_state()}
             save_checkpoint(self.path, self.model, self.opt, extra=extra,

@@ -177,9 +177,10 @@ GAMMA_LEVELS = 65535          # the brightness grid the gamma curve is tabulated
 
 @functools.lru_cache(maxsize=64)
 def gamma_curve(gamma: float) -> np.ndarray:
-    """`v ** gamma` at `v = i / GAMMA_LEVELS`, float32, computed with Python's scalar `**`: the same bits on every CPU. (numpy's
-    vectorised `**` picks an AVX2 or AVX-512 kernel at run time, and the two differ in the last bit, which moved a few pixels across
-    a rounding boundary: the dataset, its fingerprint and every metric depended on the CPU that made it.)"""
+    """`v ** gamma` at `v = i / GAMMA_LEVELS` as float32, computed in double precision with Python's scalar `**` (the C library's
+    `pow`, whichever vector units the CPU has). numpy's vectorised `**` picks AVX-512, AVX2 or baseline kernels at run time, and they
+    differ in the last bit, which moved pixels across a rounding boundary: the dataset, its fingerprint and every metric depended
+    on the CPU that made it."""
     return np.array([(i / GAMMA_LEVELS) ** gamma for i in range(GAMMA_LEVELS + 1)], dtype=np.float32)
 
 # %% ../nbs/11_synthetic.ipynb #b4f3e5d4

@@ -68,13 +68,13 @@ def test_lr_inf_stops_naming_a_checkpoint_that_resumes(data_root, tmp_path):
     out = tmp_path / "inf"
     args = [*TINY, "--data-root", data_root, "--out", out, "--epochs", "2", "--max-batches", "4", "--ckpt-every", "1"]
     p = run_cli("train", *args, "--lr", "inf", check=False)
-    one_line_error(p, "non-finite weights after epoch 1, batch 1", f"the last good checkpoint is {out / 'last.safetensors'} (epoch 0, batch 0)")
+    one_line_error(p, "non-finite weights in epoch 1, after batch 1", f"the last good checkpoint is {out / 'last.safetensors'} (epoch 0, batch 0)")
     tensors, meta = read_checkpoint(out / "last.safetensors")
     assert (meta["epoch"], meta["batch"]) == (0, 0)
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
     p = cli("train", *args, "--lr", "inf", "--resume")                           # it loads and resumes (and diverges the same way)
     assert "resuming" in p.stdout and "at epoch 0, batch 0" in p.stdout, p.stdout
-    one_line_error(p, "non-finite weights after epoch 1, batch 1")
+    one_line_error(p, "non-finite weights in epoch 1, after batch 1")
     one_line_error(cli("train", *args, "--lr", "0.001", "--resume"), "lr: inf → 0.001", "--allow-changes")
     p = cli("train", *args, "--lr", "0.001", "--resume", "--allow-changes")         # continued with a sane rate, the change recorded
     assert p.returncode == 0, p.stderr
