@@ -395,7 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     preset_keys = {k for v in PRESETS.values() for k in v}
     add_config_options(p, BenchConfig, skip=BenchConfig.NOT_TIMED, defaults={k: "the preset's" for k in preset_keys})
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
-    p.add_argument("--report", metavar="PATH", help="also write the result as a Markdown page here (e.g. reports/benchmark.md)")
+    p.add_argument("--report", metavar="PATH", help="also write the result as a Markdown page here (e.g. bench/cpu-tiny.md)")
     p.add_argument("--from-json", metavar="PATH", help="measure nothing: print (and with --report write) the report of a JSON file "
                    "that --json wrote")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the resident path's decode bar included)")

@@ -172,6 +172,10 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     assert {"reports/plots/loss/synthetic.csv", "reports/plots/acc/synthetic.csv", "reports/cmc.png", "reports/attention.png"} <= set(plots)
     dvc("plots", "show", "-o", str(repo / "plots_html"), cwd=repo)
     assert any((repo / "plots_html").iterdir())
+    # no stage removed a file that git tracks: a stage's output folder (DVC empties it before the stage runs) holds only what
+    # the stage writes (a benchmark page once kept in reports/ vanished on every repro)
+    deleted = [line[3:] for line in sh("git", "status", "--porcelain", cwd=repo).stdout.splitlines() if "D" in line[:2]]
+    assert not deleted, f"dvc repro deleted files that git tracks: {deleted}"
 
 
 IDENTICAL = [f"metrics/{d}{run_name(v)}.json" for v in ("baseline", "rga_s") for d in ("", "runs/")] + \
