@@ -348,21 +348,20 @@ def test_prepare_synthetic_refuses_a_folder_it_did_not_make(data_copy):
 
 
 _FINGERPRINT = """
-import hashlib, sys
+import sys
 from pathlib import Path
 from reid_nb.synthetic import make_synthetic
-root = make_synthetic(Path(sys.argv[1]), seed=0, num_train_ids=6, num_test_ids=4, num_distractors=4)
-h = hashlib.sha256()
-for p in sorted(root.rglob("*.png")): h.update(p.relative_to(root).as_posix().encode()); h.update(p.read_bytes())
-print(h.hexdigest())
+from reid_nb.data import load_dataset, image_hashes, fingerprint_of
+make_synthetic(Path(sys.argv[1]) / "synthetic", seed=0, num_train_ids=6, num_test_ids=4, num_distractors=4)
+print(fingerprint_of(image_hashes(load_dataset("synthetic", sys.argv[1], progress=False))))   # the data stage's fingerprint
 """
 
 
 def test_the_synthetic_dataset_is_the_same_bytes_whichever_simd_kernels_numpy_picks(tmp_path):
     """The same seed must give the same images on every machine: numpy picks AVX2 or AVX-512 kernels at run time (a vectorised `**`
     differed in the last bit between them and moved pixels, so the data's fingerprint and every metric depended on the CPU)."""
-    from numpy._core import _multiarray_umath as m
-    off = [f for f in m.__cpu_dispatch__ if m.__cpu_features__.get(f)]      # the optional kernels this CPU would use
+    from reid_nb.provenance import simd_levels
+    off = (simd_levels()["numpy"] or "").split()                             # the optional kernels this CPU would use
     if not off: pytest.skip("this CPU runs numpy's baseline kernels only: nothing to switch off")
     prints = {}
     for name, env in (("all kernels", {}), ("baseline kernels", {"NPY_DISABLE_CPU_FEATURES": " ".join(off)})):
