@@ -167,7 +167,7 @@ def navigation(root: Path, docs_dir: Path) -> list:
     for p in sorted(docs_dir.rglob("*.md")):
         h1 = re.search(r"^#\s+(.+)$", p.read_text(encoding="utf-8"), re.M)
         pages.append({h1.group(1) if h1 else p.stem: p.relative_to(docs_dir).as_posix()})
-    if pages: nav.append({"About": pages})
+    if pages: nav.append({"Using and reproducing": pages})
     return nav
 
 
@@ -175,6 +175,8 @@ def navigation(root: Path, docs_dir: Path) -> list:
 
 def on_config(config):
     if config.nav is None: config.nav = navigation(_root(config), Path(config.docs_dir))
+    if "pymdownx.snippets" in config.mdx_configs:   # docs/results.md's includes (reports/*.md) from the repository root
+        config.mdx_configs["pymdownx.snippets"]["base_path"] = [str(_root(config))]
     return config
 
 
@@ -183,6 +185,8 @@ def on_files(files, config):
         text, images = notebook_markdown(_load(path), stem)
         files.append(File.generated(config, f"{stem}.md", content=text))
         for name, data in images.items(): files.append(File.generated(config, name, content=data))
+    for p in sorted((_root(config) / "reports").glob("*.png")):   # the report's figures, for docs/results.md
+        files.append(File.generated(config, f"reports/{p.name}", abs_src_path=str(p)))
     for p in sorted(MATHJAX.rglob("*")):
         rel = p.relative_to(MATHJAX).as_posix()
         if p.is_file() and rel.startswith(MATHJAX_PARTS):
@@ -191,5 +195,7 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    "Links to notebooks (`04_rga.ipynb`, `../nbs/04_rga.ipynb`) become links to their pages."
-    return NB_LINK.sub(lambda m: f"]({m.group(1)}.md{m.group(2) or ''})", markdown)
+    """Links to notebooks (`04_rga.ipynb`, `../nbs/04_rga.ipynb`) become links to their pages, and `../reports/X.png`
+    (right from docs/ on a code host) the copy of the figure in the site."""
+    markdown = NB_LINK.sub(lambda m: f"]({m.group(1)}.md{m.group(2) or ''})", markdown)
+    return markdown.replace("](../reports/", "](reports/")
