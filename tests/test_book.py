@@ -78,6 +78,12 @@ def test_directives_hidden_cells_and_outputs():
     assert book.NB_LINK.sub(lambda m: f"]({m[1]}.md{m[2] or ''})", md).count("](02_next.md#part)") == 1
 
 
+def test_lists_after_a_paragraph_line():
+    "A list may follow a paragraph line in Jupyter (CommonMark); Python-Markdown needs the blank line added."
+    md = "Three ideas:\n- a\n- b\n\n```\nnot:\n- a list\n```\n1. one\n2. two"
+    assert book.commonmark_lists(md) == "Three ideas:\n\n- a\n- b\n\n```\nnot:\n- a list\n```\n\n1. one\n2. two"
+
+
 def test_reading_order_is_the_index():
     parts = book.reading_order(_nb("index"))
     stems = [s for _, ss in parts for s in ss]
@@ -110,6 +116,19 @@ def test_code_shown_in_full_without_directives(site):
             if "hide" in d: assert _squeeze(code) not in text, f"{stem}: a `#| hide` cell is shown"
             elif "export" in d and code.strip():
                 assert _squeeze(code) in text, f"{stem}: exported code not shown in full: {code[:80]!r}"
+
+
+def test_markdown_rendered(site):
+    "No page's prose shows Markdown that was not rendered: `**`, `](`, backticks, a `- ` item as text, a `#` heading."
+    left = []
+    for page in sorted(site.glob("*.html")):
+        art = _article(page)
+        if art is None: continue
+        for tag in art.find_all(["pre", "code", "script"]): tag.decompose()
+        text = art.get_text(" ")
+        for pattern in (r"\*\*\S", r"\]\(", r"`", r"(?m)^\s*[-*] \S", r"(?m)^#{1,6} \S"):
+            left += [f"{page.name}: {text[max(0, m.start() - 40):m.end() + 20]!r}" for m in re.finditer(pattern, text)]
+    assert not left, left[:10]
 
 
 def test_no_remote_source_in_the_html(site):

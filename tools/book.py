@@ -23,6 +23,7 @@ from mkdocs.structure.files import File
 
 NBS = "nbs"
 DIRECTIVE = re.compile(r"^\s*#\s*\|\s*(.*?)\s*$")
+LIST_ITEM = re.compile(r"(?:[-*+]|1[.)])\s+\S")      # a list's first item, at the start of a line
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 NB_LINK = re.compile(r"\]\((?:(?:\.\./)?nbs/)?([\w.-]+)\.ipynb(#[^)\s]*)?\)")
 IMAGES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "image/gif": "gif"}
@@ -45,6 +46,21 @@ def directives(source: str) -> tuple[dict, str]:
             found[key.strip().replace("-", "_")] = value.strip()
         i += 1
     return found, "\n".join(lines[i:]).strip("\n")
+
+
+def commonmark_lists(md: str) -> str:
+    """A blank line before a list that follows a paragraph line. Jupyter's Markdown (CommonMark) lets a list interrupt a
+    paragraph; Python-Markdown, which mkdocs uses, needs the blank line, and would otherwise print `- item` as text."""
+    out, fence = [], None
+    for line in md.split("\n"):
+        f = re.match(r"\s*(```+|~~~+)", line)
+        if f and (fence is None or f.group(1)[0] == fence[0] and len(f.group(1)) >= len(fence)):
+            fence = f.group(1) if fence is None else None
+        elif fence is None and LIST_ITEM.match(line) and out and out[-1].strip() \
+                and not LIST_ITEM.match(out[-1]) and not out[-1].startswith((" ", "\t", "|", ">")):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
 
 
 def _off(d: dict, key: str) -> bool:
@@ -195,7 +211,8 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Links to notebooks (`04_rga.ipynb`, `../nbs/04_rga.ipynb`) become links to their pages, and `../reports/X.png`
-    (right from docs/ on a code host) the copy of the figure in the site."""
-    markdown = NB_LINK.sub(lambda m: f"]({m.group(1)}.md{m.group(2) or ''})", markdown)
+    """Lists read as Jupyter and code hosts read them (`commonmark_lists`); links to notebooks (`04_rga.ipynb`,
+    `../nbs/04_rga.ipynb`) become links to their pages, and `../reports/X.png` (right from docs/ on a code host) the
+    copy of the figure in the site."""
+    markdown = NB_LINK.sub(lambda m: f"]({m.group(1)}.md{m.group(2) or ''})", commonmark_lists(markdown))
     return markdown.replace("](../reports/", "](reports/")
