@@ -155,14 +155,13 @@ class Chromium:
         self.proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                       "--remote-debugging-port=0", "--remote-allow-origins=*",
                                       f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        port, t0 = None, time.monotonic()
-        while port is None and time.monotonic() - t0 < 60:
-            line = self.proc.stderr.readline()
-            if not line and self.proc.poll() is not None: break
-            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if m: port = m.group(1)
-        assert port, "chromium did not open its DevTools port"
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file, t0 = profile / "DevToolsActivePort", time.monotonic()   # Chromium writes the port it chose there
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert self.proc.poll() is None, f"chromium exited with status {self.proc.returncode}"
+            assert time.monotonic() - t0 < 60, "chromium did not open its DevTools port in 60 s"
+            time.sleep(0.1)
+        port = port_file.read_text().split()[0]
         pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
         self.ws = websocket.create_connection(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"],
                                               timeout=30, suppress_origin=True)
