@@ -14,11 +14,11 @@ from .provenance import cpu_summary
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'VARIANT_COLORS',
-           'VariantLabels', 'load_metrics', 'load_query_ap', 'table1', 'split_constant', 'caption', 'to_markdown',
-           'save_table', 'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps',
-           'ablation_statement', 'cross_domain', 'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs',
-           'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval', 'plot_attention', 'report_html',
-           'run_report']
+           'VariantLabels', 'load_metrics', 'load_query_ap', 'report_inputs', 'check_report_inputs', 'table1',
+           'split_constant', 'caption', 'to_markdown', 'save_table', 'welch_interval', 'paired_bootstrap', 'difference',
+           'table2', 'ablation_steps', 'ablation_statement', 'cross_domain', 'environments', 'styled', 'hue_kw',
+           'plot_cmc', 'load_logs', 'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval', 'plot_attention',
+           'report_html', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -78,6 +78,25 @@ def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
                 np.array([q["pid"] for q in r["query"]]) if "query" in r else None)
     got = [read(r) for r in df.run]
     return df.assign(ap=[a for a, _ in got], query_pid=[p for _, p in got])
+
+# %% ../nbs/33_report.ipynb #e82cb8c9
+def report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()) -> list[Path]:
+    "The metrics files the report reads for these runs: each run's metrics and run information (`31_evaluate`), and its cross-domain ones."
+    m, out = Path(metrics_dir), []
+    for v in variants:
+        for d in datasets:
+            for s in seeds:
+                out += [m / f"{v}-{d}-s{s}.json", m / "runs" / f"{v}-{d}-s{s}.json"]
+                out += [m / "cross" / sub / f"{v}-{d}-s{s}-on-{t}.json" for t in eval_datasets for sub in ("", "runs")]
+    return out
+
+def check_report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()) -> None:
+    "A FileNotFoundError naming the first of the `report_inputs` that is missing (and how many are)."
+    want = report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets)
+    missing = [f for f in want if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such metrics file ({len(missing)} of the {len(want)} the report needs for the variants, "
+                                "datasets and seeds of the params file are missing; the pipeline's evaluate stages write them: dvc repro)")
 
 # %% ../nbs/33_report.ipynb #b08be095
 def _setting(r) -> str:
@@ -440,7 +459,10 @@ def run_report(template, out_dir, parameters: dict, kernel: str = "python3") -> 
     if not template.is_file(): raise FileNotFoundError(f"{template}: report template not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     nb_out = out_dir / template.name
-    pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)), kernel_name=kernel,
-                        progress_bar=False, cwd=str(Path.cwd()))
+    try: pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)), kernel_name=kernel,
+                             progress_bar=False, cwd=str(Path.cwd()))
+    except pm.PapermillExecutionError as e:          # its message is the cell's whole traceback: one line of it
+        raise RuntimeError(f"{template}: cell {e.exec_count} failed ({e.ename}: {' '.join(str(e.evalue).split())}); "
+                           f"the executed notebook, with the traceback, is {nb_out}") from None
     html = nb_out.with_suffix(".html"); html.write_text(report_html(nbformat.read(nb_out, as_version=4)), encoding="utf-8")
     return nb_out, html
