@@ -62,7 +62,7 @@ class BenchConfig(TrainConfig):
         for v in self.variants:
             if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; known variants: {', '.join(VARIANTS)} (or 'all')")
         self.variant = self.variants[0]
-        super().__post_init__()                   # TrainConfig's checks: types, choices, and every number's range (steps, threads too: RANGES)
+        super().__post_init__()                   # TrainConfig's checks: types, choices, every number's range (RANGES)
         if not self.data_paths: raise ValueError(f"data_paths: expected at least one of {', '.join(COMPARED_PATHS)}")
         for k, allowed in self.CHOICES.items():
             for v in (getattr(self, k) if k == "data_paths" else (getattr(self, k),)):

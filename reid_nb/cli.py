@@ -11,7 +11,7 @@ from .train import TrainConfig, fit
 from .models import VARIANTS, variant_config
 from .download import DownloadError, ChecksumError
 from .core import FolderLocked, atomic_write, in_notebook, add_config_options
-from .params import read_params, load_params, load_yaml, option_type    # the params file's schema, the ranges (24_params)
+from .params import read_params, load_params, load_yaml, option_type    # the params schema, ranges (24_params)
 
 # %% auto #0
 __all__ = ['COMMANDS', 'USER_ERRORS', 'variant_deps', 'sync_deps', 'check_variant_record', 'train_config_from_args',
@@ -192,7 +192,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s_.add_argument("--topk", type=option_type("topk"), default=10, help="gallery images kept per query (default: 10)")
     s_.add_argument("--out", required=True, help="the folder to write search.json and search.png into")
     for q in (x, s_):
-        q.add_argument("--batch-size", type=option_type("batch_size"), default=128, help="images per forward pass (default: 128)")
+        q.add_argument("--batch-size", type=option_type("batch_size"), default=128,
+                       help="images per forward pass (default: 128)")
         q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
         q.add_argument("--no-flip", action="store_true", help="do not average each feature with that of the mirrored image")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -296,9 +297,10 @@ def profile_command(name, current="params.yaml", exp_name: str | None = None, ex
     if not path.is_file():
         known = sorted(p.stem[len("params-"):] for p in here.glob("params-*.yaml"))
         raise FileNotFoundError(f"{path}: no such profile; known here: {', '.join(known) or 'none'}")
-    want = _leaves(read_params(path))                 # a profile meets params.yaml's schema, read with load_yaml's bounds
+    want = _leaves(read_params(path))           # a profile meets params.yaml's schema, read with load_yaml's bounds
     have = load_yaml(current) if Path(current).is_file() else None
-    if have is not None and not isinstance(have, dict): raise ValueError(f"{current}: expected a mapping at the top level, got {type(have).__name__}")
+    if have is not None and not isinstance(have, dict):
+        raise ValueError(f"{current}: expected a mapping at the top level, got {type(have).__name__}")
     have = _leaves(have or {})
     sets = [f"++{k}={_hydra(v)}" for k, v in want.items() if k not in have or have[k] != v]
     known = set(want) | {w.rsplit(".", i)[0] for w in want for i in range(1, w.count(".") + 1)}   # leaves and their parents
@@ -376,14 +378,15 @@ def _prepare(args):
     print(f"ready: {ds.root} ({len(hashes)} images, all readable)")
 
 def _report(args):
-    from reid_nb.report import run_report, check_report_inputs
-    doc = read_params(args.params)                    # variants, datasets and seeds: non-empty lists of known values (check_lists)
+    from reid_nb.report import run_report
+    doc = read_params(args.params)          # variants, datasets, seeds: non-empty lists of known values (check_lists)
     missing = [k for k in ("variants", "datasets", "seeds") if not doc.get(k)]
-    if missing: raise ValueError(f"{args.params}: no {', '.join(missing)}; the report reports the runs of the variants, datasets and seeds listed there")
+    if missing:
+        raise ValueError(f"{args.params}: no {', '.join(missing)}; the report reports the runs of the variants, "
+                         "datasets and seeds listed there")
     params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
-                  profile=doc.get("profile", "cpu"), variants=doc["variants"], datasets=doc["datasets"], seeds=doc["seeds"],
-                  eval_datasets=doc.get("eval_datasets") or [])
-    check_report_inputs(args.metrics_dir, doc["variants"], doc["datasets"], doc["seeds"], params["eval_datasets"])   # before writing anything
+                  profile=doc.get("profile", "cpu"), variants=doc["variants"], datasets=doc["datasets"],
+                  seeds=doc["seeds"], eval_datasets=doc.get("eval_datasets") or [])
     from reid_nb.models import VARIANTS_ENV, variants_env
     env, before = variants_env(), os.environ.get(VARIANTS_ENV)      # the report's kernel learns the declared variants from it
     os.environ.update(env)

@@ -114,7 +114,7 @@ class EvalConfig:
         check_fields(self, "evaluate.")
         for k, allowed in self.CHOICES.items():
             if getattr(self, k) not in allowed: raise ValueError(f"evaluate.{k}={getattr(self, k)!r}: expected one of {', '.join(allowed)}")
-        from reid_nb.params import check_ranges     # topk, batch_size, num_workers: the one table of ranges, RANGES (24_params)
+        from reid_nb.params import check_ranges     # topk, batch_size, num_workers: RANGES (24_params)
         check_ranges(self, "evaluate.")
 
     @classmethod

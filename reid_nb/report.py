@@ -81,7 +81,7 @@ def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
 
 # %% ../nbs/33_report.ipynb #e82cb8c9
 def report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()) -> list[Path]:
-    "The metrics files the report reads for these runs: each run's metrics and run information (`31_evaluate`), and its cross-domain ones."
+    "The metrics files the report reads for these runs: each run's metrics and run information, and cross-domain ones."
     m, out = Path(metrics_dir), []
     for v in variants:
         for d in datasets:
@@ -95,8 +95,9 @@ def check_report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()
     want = report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets)
     missing = [f for f in want if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: no such metrics file ({len(missing)} of the {len(want)} the report needs for the variants, "
-                                "datasets and seeds of the params file are missing; the pipeline's evaluate stages write them: dvc repro)")
+        raise FileNotFoundError(f"{missing[0]}: no such metrics file ({len(missing)} of the {len(want)} the report "
+                                "needs for the variants, datasets and seeds of the params file are missing; the "
+                                "pipeline's evaluate stages write them: dvc repro)")
 
 # %% ../nbs/33_report.ipynb #b08be095
 def _setting(r) -> str:
@@ -457,10 +458,13 @@ def run_report(template, out_dir, parameters: dict, kernel: str = "python3") -> 
     import nbformat
     template, out_dir = Path(template), Path(out_dir)
     if not template.is_file(): raise FileNotFoundError(f"{template}: report template not found")
+    if all(k in parameters for k in ("metrics_dir", "variants", "datasets", "seeds")):     # before writing anything
+        check_report_inputs(*(parameters[k] for k in ("metrics_dir", "variants", "datasets", "seeds")),
+                            parameters.get("eval_datasets") or ())
     out_dir.mkdir(parents=True, exist_ok=True)
     nb_out = out_dir / template.name
-    try: pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)), kernel_name=kernel,
-                             progress_bar=False, cwd=str(Path.cwd()))
+    try: pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)),
+                             kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
     except pm.PapermillExecutionError as e:          # its message is the cell's whole traceback: one line of it
         raise RuntimeError(f"{template}: cell {e.exec_count} failed ({e.ename}: {' '.join(str(e.evalue).split())}); "
                            f"the executed notebook, with the traceback, is {nb_out}") from None

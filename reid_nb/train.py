@@ -80,7 +80,7 @@ class TrainConfig:
         for k, allowed in TrainConfig.CHOICES.items():     # a subclass (BenchConfig) checks its own choices
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
-        from reid_nb.params import check_ranges     # every number within its range: the one table of them, RANGES (24_params)
+        from reid_nb.params import check_ranges     # every number within its range: RANGES (24_params)
         check_ranges(self)
         check_width(self.width)
         if self.new_lr_mult != 1 and self.pretrained is None:
