@@ -15,7 +15,8 @@ from .params import read_params, load_params, load_yaml, option_type    # the pa
 
 # %% auto #0
 __all__ = ['COMMANDS', 'USER_ERRORS', 'variant_deps', 'sync_deps', 'check_variant_record', 'train_config_from_args',
-           'build_parser', 'dataset_manifest', 'make_rehearsal', 'profile_command', 'error_line', 'main']
+           'build_parser', 'dataset_manifest', 'check_file_names', 'make_rehearsal', 'profile_command', 'error_line',
+           'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
@@ -235,6 +236,16 @@ def dataset_manifest(ds, hashes: dict | None = None) -> dict:
                 num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)),
                 images={k: v[:MANIFEST_HASH_DIGITS] for k, v in hashes.items()})
 
+def check_file_names(ds) -> None:
+    """Refuse an image of `ds` whose file name is not UTF-8 text, naming it (its bytes shown as `\\xff`): the manifest
+    and the dataset's fingerprint record every image by its name as UTF-8."""
+    for r in (r for split in ("train", "query", "gallery") for r in getattr(ds, split)):
+        try: str(r.path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(str(r.path)).decode("utf-8", "backslashreplace")
+            raise ValueError(f"{shown}: the file name is not UTF-8 text; rename the file (the manifest and the "
+                             "dataset's fingerprint record each image by its name)") from None
+
 def _section(path, key: str) -> dict:
     "Section `key` of a checked params file (empty when absent)."
     return read_params(path).get(key) or {}
@@ -371,6 +382,7 @@ def _prepare(args):
                              f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
         kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
     ds = load_dataset(args.dataset, root, **kw)
+    check_file_names(ds)                                           # before hours of hashing, not after
     ds.stats()
     hashes = image_hashes(ds, decode=True, progress=True)          # every image decoded once: an unreadable one is refused here
     if args.manifest:

@@ -208,3 +208,29 @@ def test_every_numeric_config_field_has_a_range():
         assert set(numeric) <= set(RANGES), (cls.__name__, sorted(set(numeric) - set(RANGES)))
     with pytest.raises(ValueError, match=r"threads=100000: expected an integer from 0 to 4096"):
         BenchConfig(threads=100_000)
+
+
+# 4. Errors that named no file: an archive member's name too long, an image name that is not UTF-8 --------------------
+
+def test_an_archive_member_with_a_too_long_name_is_named_before_extracting(here):
+    import hashlib, io, tarfile
+    arc = here / "Market-1501-v15.09.15.tar"
+    with tarfile.open(arc, "w") as tf:
+        ti = tarfile.TarInfo("Market-1501-v15.09.15/query/" + "a" * 300 + ".jpg"); ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    md5 = hashlib.md5(arc.read_bytes()).hexdigest()
+    one_line(cli("prepare", "market1501", "--root", here / "d", "--archive", arc, "--md5", md5),
+             arc, "member 'Market-1501-v15.09.15/query/aaaa", "a part longer than 255 bytes")
+    assert not (here / "d" / "market1501").exists()
+
+
+def test_an_image_name_that_is_not_utf8_is_named(here, data_root):
+    import shutil
+    shutil.copytree(data_root / "synthetic", here / "data" / "synthetic")
+    query = here / "data" / "synthetic" / "query"
+    first = sorted(query.iterdir())[0]
+    bad = os.fsdecode(os.fsencode(str(first.with_suffix(""))) + b"\xff" + first.suffix.encode())
+    shutil.copy(first, bad)
+    one_line(cli("prepare", "synthetic", "--root", here / "data", "--manifest", here / "m.json"),
+             first.with_suffix("").name + "\\xff" + first.suffix, "the file name is not UTF-8 text")
+    assert not (here / "m.json").exists()
