@@ -453,20 +453,39 @@ def report_html(nb) -> str:
     return body
 
 def run_report(template, out_dir, parameters: dict, kernel: str = "python3") -> tuple[Path, Path]:
-    "Execute the papermill `template` into `out_dir` with `parameters`; returns (executed .ipynb, .html)."
+    """Execute the papermill `template` into `out_dir` with `parameters`; returns (executed .ipynb, .html). The inputs
+    are checked before anything is written (`check_report_inputs`), and a report that fails half-way leaves `out_dir` as
+    it was: the last report is copied aside first and put back; the failed notebook is kept in the temporary folder."""
+    import os, shutil, tempfile
     import papermill as pm
     import nbformat
+    from reid_nb.core import staging_dir
     template, out_dir = Path(template), Path(out_dir)
     if not template.is_file(): raise FileNotFoundError(f"{template}: report template not found")
     if all(k in parameters for k in ("metrics_dir", "variants", "datasets", "seeds")):     # before writing anything
         check_report_inputs(*(parameters[k] for k in ("metrics_dir", "variants", "datasets", "seeds")),
                             parameters.get("eval_datasets") or ())
+    keep = None
+    if out_dir.is_dir():                               # the last report, put back if this one fails
+        keep = staging_dir(out_dir.parent, out_dir.name)
+        shutil.copytree(out_dir, keep, symlinks=True, dirs_exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     nb_out = out_dir / template.name
-    try: pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)),
-                             kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
-    except pm.PapermillExecutionError as e:          # its message is the cell's whole traceback: one line of it
-        raise RuntimeError(f"{template}: cell {e.exec_count} failed ({e.ename}: {' '.join(str(e.evalue).split())}); "
-                           f"the executed notebook, with the traceback, is {nb_out}") from None
-    html = nb_out.with_suffix(".html"); html.write_text(report_html(nbformat.read(nb_out, as_version=4)), encoding="utf-8")
+    try:
+        pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)),
+                            kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
+        html = nb_out.with_suffix(".html")
+        html.write_text(report_html(nbformat.read(nb_out, as_version=4)), encoding="utf-8")
+    except BaseException as e:
+        failed = Path(tempfile.gettempdir()) / f"reid-nb-report-failed-{os.getpid()}.ipynb"
+        if nb_out.is_file(): shutil.copyfile(nb_out, failed)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if keep is not None: os.replace(keep, out_dir); keep = None
+        if isinstance(e, pm.PapermillExecutionError):  # its message is the cell's whole traceback: one line of it
+            why = " ".join(str(e.evalue).split())
+            raise RuntimeError(f"{template}: cell {e.exec_count} failed ({e.ename}: {why}); {out_dir} is left as it "
+                               f"was; the executed notebook, with the traceback: {failed}") from None
+        raise
+    finally:
+        if keep is not None: shutil.rmtree(keep, ignore_errors=True)
     return nb_out, html

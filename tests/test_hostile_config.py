@@ -151,6 +151,30 @@ def test_report_names_a_missing_metrics_file_and_leaves_reports_alone(here):
     assert (reports / "table2.md").read_text() == "the last good report\n"
 
 
+
+def test_a_report_that_fails_half_way_leaves_reports_as_they_were(here):
+    "A template cell that fails after another wrote a table: reports/ is put back as it was, the error is one line."
+    import nbformat
+    from reid_nb.report import run_report
+    template = here / "t.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('out_dir = "reports"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('from pathlib import Path\n(Path(out_dir) / "table1.md").write_text("half")'),
+        nbformat.v4.new_code_cell('raise ValueError("no ranking.json for seed 1")')])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, template)
+    reports = here / "reports"
+    reports.mkdir()
+    (reports / "table2.md").write_text("the last good report\n")
+    with pytest.raises(RuntimeError) as e:
+        run_report(template, reports, {})
+    msg = str(e.value)
+    Path(msg.rsplit(": ", 1)[-1]).unlink(missing_ok=True)                    # the failed notebook, kept for a look
+    assert "\n" not in msg and "ValueError: no ranking.json for seed 1" in msg and "reports is left as it was" in msg, msg
+    assert sorted(p.name for p in reports.rglob("*")) == ["table2.md"]
+    assert (reports / "table2.md").read_text() == "the last good report\n"
+    assert sorted(p.name for p in here.iterdir()) == ["reports", "t.ipynb"]     # no copy left beside it
+
 # 3. Numbers: every option's range, by name, on the command line and in params and profile files ----------------------
 
 EXTRACT = ["extract", "--run", "r", "--images", "i", "--out", "o.npz"]
