@@ -170,7 +170,8 @@ def test_a_report_that_fails_half_way_leaves_reports_as_they_were(here):
         run_report(template, reports, {})
     msg = str(e.value)
     Path(msg.rsplit(": ", 1)[-1]).unlink(missing_ok=True)                    # the failed notebook, kept for a look
-    assert "\n" not in msg and "ValueError: no ranking.json for seed 1" in msg and "reports is left as it was" in msg, msg
+    assert "\n" not in msg and "ValueError: no ranking.json for seed 1" in msg, msg
+    assert "reports is left as it was" in msg, msg
     assert sorted(p.name for p in reports.rglob("*")) == ["table2.md"]
     assert (reports / "table2.md").read_text() == "the last good report\n"
     assert sorted(p.name for p in here.iterdir()) == ["reports", "t.ipynb"]     # no copy left beside it
@@ -187,7 +188,7 @@ TRAIN = ["train", "--dataset", "market1501", "--data-root", "d", "--out", "r"]  
     (EXTRACT + ["--batch-size", "-3"], "argument --batch-size: expected a positive integer, got -3"),
     (EXTRACT + ["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
     (SEARCH + ["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
-    (SEARCH + ["--topk", "0"], "argument --topk: expected a positive integer, got 0"),
+    (SEARCH + ["--topk", str(2**40)], "argument --topk: expected a positive integer (at most 2^31 − 1), got 10995"),
     (EXPORT + ["--tolerance", "nan"], "argument --tolerance: expected a positive number (a finite number, not nan)"),
     (EXPORT + ["--tolerance", "inf"], "argument --tolerance: expected a positive number (a finite number, not inf)"),
     (EXPORT + ["--tolerance", "-1"], "argument --tolerance: expected a positive number, got -1"),
@@ -198,7 +199,7 @@ TRAIN = ["train", "--dataset", "market1501", "--data-root", "d", "--out", "r"]  
     (TRAIN + ["--lr", "inf"], "lr=inf: expected a positive learning rate (a finite number, not inf)"),
     (TRAIN + ["--margin", "inf"], "margin=inf: expected a value ≥ 0 (a finite number, not inf)"),
     (TRAIN + ["--seed", str(2**70)], "seed=1180591620717411303424: expected an integer from 0 to 2^32 − 1"),
-], ids=["extract-bs-neg", "extract-bs-0", "search-bs-0", "search-topk-0", "export-tol-nan", "export-tol-inf",
+], ids=["extract-bs-neg", "extract-bs-0", "search-bs-0", "search-topk-2^40", "export-tol-nan", "export-tol-inf",
         "export-tol-neg", "synth-seed-2^70", "prepare-seed-neg", "evaluate-bs-2^40", "train-lr-inf", "train-margin-inf",
         "train-seed-2^70"])
 def test_numeric_options_are_refused_by_name(here, args, needle):
