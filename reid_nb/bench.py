@@ -19,6 +19,7 @@ from .train import TrainConfig
 from .loader import TrainBatches, DATA_PATHS
 from .step import TrainStep, RunningStats, HostReads, build_training
 from .core import auto_on, resolve_device, amp_dtype, atomic_write, in_notebook, add_config_options
+from .params import load_json
 
 # %% auto #0
 __all__ = ['COMPARED_PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
@@ -61,13 +62,11 @@ class BenchConfig(TrainConfig):
         for v in self.variants:
             if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; known variants: {', '.join(VARIANTS)} (or 'all')")
         self.variant = self.variants[0]
-        super().__post_init__()                   # TrainConfig's checks: types, input size, P, K, ...
+        super().__post_init__()                   # TrainConfig's checks: types, choices, every number's range (RANGES)
         if not self.data_paths: raise ValueError(f"data_paths: expected at least one of {', '.join(COMPARED_PATHS)}")
         for k, allowed in self.CHOICES.items():
             for v in (getattr(self, k) if k == "data_paths" else (getattr(self, k),)):
                 if v not in allowed: raise ValueError(f"{k}={v!r}; expected one of {', '.join(allowed)}")
-        for k, lo in dict(steps=1, warmup=0, threads=0, infer_batch=0, eval_repeats=1).items():
-            if getattr(self, k) < lo: raise ValueError(f"{k}={getattr(self, k)!r}: expected an integer ≥ {lo}")
 
     def train_config(self, variant: str) -> TrainConfig:
         "The `TrainConfig` that `fit` would use for `variant` with these settings."
@@ -409,7 +408,7 @@ def config_from_args(args) -> BenchConfig:
 def run(args) -> dict:
     "Run the benchmark of parsed arguments (or read `--from-json`), print its report, write `--json` and `--report`; the result."
     if getattr(args, "from_json", None):
-        res = json.loads(Path(args.from_json).read_text())
+        res = load_json(args.from_json, "benchmark result (--from-json)")
     else:
         res = benchmark(config_from_args(args), log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True),
                         progress=not getattr(args, "no_progress", False))

@@ -11,76 +11,17 @@ from .train import TrainConfig, fit
 from .models import VARIANTS, variant_config
 from .download import DownloadError, ChecksumError
 from .core import FolderLocked, atomic_write, in_notebook, add_config_options
+from .params import read_params, load_params, load_yaml, option_type    # the params schema, ranges (24_params)
 
 # %% auto #0
-__all__ = ['PARAMS_SECTIONS', 'DATA_KEYS', 'COMMANDS', 'USER_ERRORS', 'read_params', 'load_params', 'variant_deps', 'sync_deps',
-           'check_variant_record', 'train_config_from_args', 'build_parser', 'dataset_manifest', 'make_rehearsal',
-           'profile_command', 'error_line', 'main']
+__all__ = ['COMMANDS', 'USER_ERRORS', 'variant_deps', 'sync_deps', 'check_variant_record', 'train_config_from_args',
+           'build_parser', 'dataset_manifest', 'check_file_names', 'make_rehearsal', 'profile_command', 'error_line',
+           'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
     "One option per field of config dataclass `cls` (`add_config_options`, `28_core`): train's, evaluate's and bench's options alike."
     return add_config_options(p, cls, skip)
-
-PARAMS_SECTIONS = dict(profile=str, datasets=list, eval_datasets=list, variants=list, seeds=list, data=dict, train=dict, overrides=dict, variant_defs=dict,
-                       evaluate=dict)
-DATA_KEYS = ("root", "synthetic_seed", "archives", "custom")
-
-def _known(what: str, unknown, known) -> ValueError:
-    return ValueError(f"unknown {what} {', '.join(map(repr, sorted(map(str, unknown))))}; known: {', '.join(map(str, known))}")
-
-def read_params(path) -> dict:
-    """A params file, checked: unknown sections, `data` keys, variants, datasets, `eval_datasets` outside `datasets`, and `train` /
-    `overrides` keys (and overrides of unknown variants) are errors listing the known ones, so a typo never trains with the defaults.
-    Values are checked where they are used (`TrainConfig`, `EvalConfig`). The user's own datasets, `data.custom`, are registered
-    first (`register_custom_datasets`), and so are the variants declared under `variant_defs` (`models.register_variants`), so that
-    `datasets`, `variants` and every command given these params know them by name."""
-    from reid_nb.data import DATASETS, register_custom_datasets
-    from reid_nb.models import register_variants
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such params file")
-    try: doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    doc = {} if doc is None else doc
-    if not isinstance(doc, dict): raise ValueError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
-    if set(doc) - set(PARAMS_SECTIONS): raise _known(f"section(s) in {path}:", set(doc) - set(PARAMS_SECTIONS), PARAMS_SECTIONS)
-    for k, t in PARAMS_SECTIONS.items():
-        if doc.get(k) is not None and not isinstance(doc[k], t):
-            raise ValueError(f"{path}: '{k}' must be a {dict(str='string', list='list', dict='mapping')[t.__name__]}, got {doc[k]!r}")
-    data, fields = doc.get("data") or {}, [f.name for f in dataclasses.fields(TrainConfig)]
-    if set(data) - set(DATA_KEYS): raise _known(f"key(s) under data in {path}:", set(data) - set(DATA_KEYS), DATA_KEYS)
-    register_custom_datasets(data.get("custom"), source=f"{path}: data.custom")
-    register_variants(doc.get("variant_defs"), source=f"{path}: variant_defs")
-    for key, known in (("variants", VARIANTS), ("datasets", DATASETS)):
-        if set(doc.get(key) or []) - set(known):
-            err = _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
-            raise err if key == "variants" else ValueError(f"{err} (your own datasets are registered by name under data.custom)")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in doc.get("seeds") or []):
-        raise ValueError(f"{path}: seeds must be integers ≥ 0, got {doc['seeds']!r}")
-    cross = doc.get("eval_datasets") or []
-    if set(cross) - set(doc.get("datasets") or []):     # each needs its data stage, which `datasets` declares
-        raise ValueError(f"{path}: eval_datasets {', '.join(map(repr, sorted(map(str, set(cross) - set(doc.get('datasets') or [])))))} "
-                         f"not under datasets ({', '.join(map(str, doc.get('datasets') or [])) or 'none'}): every run is also tested on each dataset of eval_datasets, "
-                         f"and the pipeline prepares only the datasets listed under datasets; add them there")
-    from reid_nb.loader import renamed_message
-    for where, sec in [("train", doc.get("train") or {})] + [(f"overrides.{v}", o) for v, o in (doc.get("overrides") or {}).items()]:
-        if isinstance(sec, dict) and "gpu_data" in sec: raise ValueError(f"{path}: {where}: " + renamed_message(sec["gpu_data"]))
-    if set(doc.get("train") or {}) - set(fields): raise _known(f"training parameter(s) under train in {path}:", set(doc["train"]) - set(fields), fields)
-    over = doc.get("overrides") or {}
-    if set(over) - set(VARIANTS): raise _known(f"variant(s) under overrides in {path}:", set(over) - set(VARIANTS), VARIANTS)
-    for v, o in over.items():
-        if o is not None and not isinstance(o, dict): raise ValueError(f"{path}: overrides.{v} must be a mapping, got {o!r}")
-        if set(o or {}) - set(fields): raise _known(f"training parameter(s) under overrides.{v} in {path}:", set(o) - set(fields), fields)
-    return doc
-
-def load_params(path, variant: str | None = None) -> dict:
-    "Training parameters from a params.yaml: `data.root`, the `train` section, then `overrides[variant]` on top."
-    doc, out = read_params(path), {}
-    data = doc.get("data") or {}
-    if "root" in data: out["data_root"] = data["root"]
-    out.update(doc.get("train") or {})
-    if variant is not None: out.update((doc.get("overrides") or {}).get(variant) or {})
-    return out
 
 def variant_deps(variant: str) -> list[str]:
     "The `reid_nb` module files building `variant`'s model imports: backbone, head, models, and the components its config uses."
@@ -178,7 +119,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write the embedded synthetic dataset", description="Generate the procedural ReID "
                        "dataset in the Market-1501 layout (deterministic from --seed).")
     s.add_argument("--root", default="data/synthetic", help="output folder (default: data/synthetic)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=option_type("seed"), default=0)
     s.add_argument("--force", action="store_true", help="regenerate even if the folder holds a synthetic set (never another folder)")
 
     d = sub.add_parser("download", help="fetch/verify/extract a dataset archive", description="Find the dataset's archive "
@@ -193,7 +134,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     pr.add_argument("dataset", help="synthetic, market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, or your own dataset registered in --params under data.custom")
     pr.add_argument("--params", help="params.yaml: reads data.root, data.synthetic_seed and data.archives.DATASET (options given here win)")
     pr.add_argument("--root", default=None, help="data root (default: data)")
-    pr.add_argument("--seed", type=int, default=None, help="seed of the synthetic dataset (default: 0)")
+    pr.add_argument("--seed", type=option_type("seed"), default=None, help="seed of the synthetic dataset (default: 0)")
     pr.add_argument("--url", help="where to fetch a real dataset's archive from")
     pr.add_argument("--archive", help="use this archive file instead of ROOT/raw/<release name> (needs --md5)")
     pr.add_argument("--md5", help="the declared MD5 of --archive (the release's MD5 is the default and is never skipped)")
@@ -221,7 +162,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "no BatchNorm counters) where the profile's train.pretrained points. Random weights: for rehearsing the "
                         "paper profile's code path, not for results.")
     mr.add_argument("--params", default="params-rehearsal.yaml", help="the profile to make files for (default: params-rehearsal.yaml)")
-    mr.add_argument("--seed", type=int, default=0)
+    mr.add_argument("--seed", type=option_type("seed"), default=0)
     mr.add_argument("--out-params", help="also write the profile with the MD5s of the archives made here to this file (for a machine "
                     "whose Pillow encodes JPEG differently); without it a different MD5 is an error")
 
@@ -249,10 +190,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s_.add_argument("--run", required=True, help="a run folder of reid-nb train")
     s_.add_argument("--query", required=True, nargs="+", help="one or more query images")
     s_.add_argument("--gallery", required=True, help="a folder or list file of images, or an .npz feature file of this run")
-    s_.add_argument("--topk", type=int, default=10, help="gallery images kept per query (default: 10)")
+    s_.add_argument("--topk", type=option_type("topk"), default=10, help="gallery images kept per query (default: 10)")
     s_.add_argument("--out", required=True, help="the folder to write search.json and search.png into")
     for q in (x, s_):
-        q.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
+        q.add_argument("--batch-size", type=option_type("batch_size"), default=128,
+                       help="images per forward pass (default: 128)")
         q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
         q.add_argument("--no-flip", action="store_true", help="do not average each feature with that of the mirrored image")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -267,7 +209,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     "beyond --tolerance (default: on)")
     if command in (None, "export"):      # reid_nb.export imports the evaluation stack: only when it is the command
         from reid_nb.export import OPSET, TOLERANCE
-        ex.add_argument("--tolerance", type=float, default=TOLERANCE, metavar="FLOAT",
+        ex.add_argument("--tolerance", type=option_type("tolerance"), default=TOLERANCE, metavar="FLOAT",
                         help=f"the largest feature difference the check accepts (default: {TOLERANCE:g})")
         ex.description = (f"Write a trained run's network as one ONNX file, opset {OPSET} (PyTorch's dynamo exporter, which needs "
                           "onnxscript): input 'images', a float32 batch N x 3 x H x W at the run's input size, normalised with the "
@@ -294,6 +236,16 @@ def dataset_manifest(ds, hashes: dict | None = None) -> dict:
                 num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)),
                 images={k: v[:MANIFEST_HASH_DIGITS] for k, v in hashes.items()})
 
+def check_file_names(ds) -> None:
+    """Refuse an image of `ds` whose file name is not UTF-8 text, naming it (its bytes shown as `\\xff`): the manifest
+    and the dataset's fingerprint record every image by its name as UTF-8."""
+    for r in (r for split in ("train", "query", "gallery") for r in getattr(ds, split)):
+        try: str(r.path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(str(r.path)).decode("utf-8", "backslashreplace")
+            raise ValueError(f"{shown}: the file name is not UTF-8 text; rename the file (the manifest and the "
+                             "dataset's fingerprint record each image by its name)") from None
+
 def _section(path, key: str) -> dict:
     "Section `key` of a checked params file (empty when absent)."
     return read_params(path).get(key) or {}
@@ -304,8 +256,7 @@ def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0, out_params=Non
     different MD5 is not an error: the profile is written there with the MD5s measured here. Returns what it wrote."""
     from reid_nb.data import make_archive, dataset_info
     from reid_nb.backbone import save_release_checkpoint, weights_source
-    doc = yaml.safe_load(Path(params).read_text()) if Path(params).is_file() else None
-    if not isinstance(doc, dict): raise FileNotFoundError(f"{params}: no such params file (or not a mapping)")
+    doc = read_params(params)
     archives, pre = (doc.get("data") or {}).get("archives") or {}, (doc.get("train") or {}).get("pretrained")
     if not archives or not pre or pre == "imagenet" or "://" in str(pre):
         raise ValueError(f"{params}: a rehearsal profile declares data.archives (file, md5) and a local train.pretrained path; "
@@ -357,8 +308,11 @@ def profile_command(name, current="params.yaml", exp_name: str | None = None, ex
     if not path.is_file():
         known = sorted(p.stem[len("params-"):] for p in here.glob("params-*.yaml"))
         raise FileNotFoundError(f"{path}: no such profile; known here: {', '.join(known) or 'none'}")
-    want = _leaves(yaml.safe_load(path.read_text()) or {})
-    have = _leaves(yaml.safe_load(Path(current).read_text()) or {}) if Path(current).is_file() else {}
+    want = _leaves(read_params(path))           # a profile meets params.yaml's schema, read with load_yaml's bounds
+    have = load_yaml(current) if Path(current).is_file() else None
+    if have is not None and not isinstance(have, dict):
+        raise ValueError(f"{current}: expected a mapping at the top level, got {type(have).__name__}")
+    have = _leaves(have or {})
     sets = [f"++{k}={_hydra(v)}" for k, v in want.items() if k not in have or have[k] != v]
     known = set(want) | {w.rsplit(".", i)[0] for w in want for i in range(1, w.count(".") + 1)}   # leaves and their parents
     dels = []
@@ -428,6 +382,7 @@ def _prepare(args):
                              f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
         kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
     ds = load_dataset(args.dataset, root, **kw)
+    check_file_names(ds)                                           # before hours of hashing, not after
     ds.stats()
     hashes = image_hashes(ds, decode=True, progress=True)          # every image decoded once: an unreadable one is refused here
     if args.manifest:
@@ -436,10 +391,14 @@ def _prepare(args):
 
 def _report(args):
     from reid_nb.report import run_report
-    doc = read_params(args.params)
+    doc = read_params(args.params)          # variants, datasets, seeds: non-empty lists of known values (check_lists)
+    missing = [k for k in ("variants", "datasets", "seeds") if not doc.get(k)]
+    if missing:
+        raise ValueError(f"{args.params}: no {', '.join(missing)}; the report reports the runs of the variants, "
+                         "datasets and seeds listed there")
     params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
-                  profile=doc.get("profile", "cpu"), variants=doc.get("variants") or [], datasets=doc.get("datasets") or [],
-                  seeds=doc.get("seeds") or [0], eval_datasets=doc.get("eval_datasets") or [])
+                  profile=doc.get("profile", "cpu"), variants=doc["variants"], datasets=doc["datasets"],
+                  seeds=doc["seeds"], eval_datasets=doc.get("eval_datasets") or [])
     from reid_nb.models import VARIANTS_ENV, variants_env
     env, before = variants_env(), os.environ.get(VARIANTS_ENV)      # the report's kernel learns the declared variants from it
     os.environ.update(env)

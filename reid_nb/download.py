@@ -171,13 +171,15 @@ def _member_problem(name: str) -> str | None:
     n = name.replace("\\", "/")
     if n.startswith("/") or (len(n) > 1 and n[0].isalpha() and n[1] == ":"): return "an absolute path"
     if ".." in PurePosixPath(n).parts: return "a '..' component"
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in PurePosixPath(n).parts):
+        return "named with a part longer than 255 bytes, more than a file system takes"
     return None
 
 def _check_members(archive: Path, members) -> None:
     "Raise `ArchiveError` naming the first unsafe member of `members` (pairs `(name, kind)`; kind is None for a regular file/dir)."
     for name, kind in members:
         why = kind or _member_problem(name)
-        if why: raise ArchiveError(f"{archive}: member {name!r} is {why}; refusing to extract an archive whose members could land outside the target")
+        if why: raise ArchiveError(f"{archive}: member {name!r} is {why}; refusing to extract the archive")
 
 def _zip_members(zf: zipfile.ZipFile):
     for info in zf.infolist():

@@ -114,9 +114,8 @@ class EvalConfig:
         check_fields(self, "evaluate.")
         for k, allowed in self.CHOICES.items():
             if getattr(self, k) not in allowed: raise ValueError(f"evaluate.{k}={getattr(self, k)!r}: expected one of {', '.join(allowed)}")
-        for k in ("topk", "batch_size"):
-            if getattr(self, k) < 1: raise ValueError(f"evaluate.{k}={getattr(self, k)}: expected a positive integer")
-        if self.num_workers < 0: raise ValueError(f"evaluate.num_workers={self.num_workers}: expected an integer ≥ 0")
+        from reid_nb.params import check_ranges     # topk, batch_size, num_workers: RANGES (24_params)
+        check_ranges(self, "evaluate.")
 
     @classmethod
     def from_dict(cls, d: dict) -> "EvalConfig":

@@ -14,11 +14,11 @@ from .provenance import cpu_summary
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'SEED_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'VARIANT_COLORS',
-           'VariantLabels', 'load_metrics', 'load_query_ap', 'table1', 'split_constant', 'caption', 'to_markdown',
-           'save_table', 'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps',
-           'ablation_statement', 'cross_domain', 'environments', 'styled', 'hue_kw', 'plot_cmc', 'load_logs',
-           'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval', 'plot_attention', 'report_html',
-           'run_report']
+           'VariantLabels', 'load_metrics', 'load_query_ap', 'report_inputs', 'check_report_inputs', 'table1',
+           'split_constant', 'caption', 'to_markdown', 'save_table', 'welch_interval', 'paired_bootstrap', 'difference',
+           'table2', 'ablation_steps', 'ablation_statement', 'cross_domain', 'environments', 'styled', 'hue_kw',
+           'plot_cmc', 'load_logs', 'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval', 'plot_attention',
+           'report_html', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -78,6 +78,26 @@ def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
                 np.array([q["pid"] for q in r["query"]]) if "query" in r else None)
     got = [read(r) for r in df.run]
     return df.assign(ap=[a for a, _ in got], query_pid=[p for _, p in got])
+
+# %% ../nbs/33_report.ipynb #e82cb8c9
+def report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()) -> list[Path]:
+    "The metrics files the report reads for these runs: each run's metrics and run information, and cross-domain ones."
+    m, out = Path(metrics_dir), []
+    for v in variants:
+        for d in datasets:
+            for s in seeds:
+                out += [m / f"{v}-{d}-s{s}.json", m / "runs" / f"{v}-{d}-s{s}.json"]
+                out += [m / "cross" / sub / f"{v}-{d}-s{s}-on-{t}.json" for t in eval_datasets for sub in ("", "runs")]
+    return out
+
+def check_report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()) -> None:
+    "A FileNotFoundError naming the first of the `report_inputs` that is missing (and how many are)."
+    want = report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets)
+    missing = [f for f in want if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such metrics file ({len(missing)} of the {len(want)} the report "
+                                "needs for the variants, datasets and seeds of the params file are missing; the "
+                                "pipeline's evaluate stages write them: dvc repro)")
 
 # %% ../nbs/33_report.ipynb #b08be095
 def _setting(r) -> str:
@@ -433,14 +453,39 @@ def report_html(nb) -> str:
     return body
 
 def run_report(template, out_dir, parameters: dict, kernel: str = "python3") -> tuple[Path, Path]:
-    "Execute the papermill `template` into `out_dir` with `parameters`; returns (executed .ipynb, .html)."
+    """Execute the papermill `template` into `out_dir` with `parameters`; returns (executed .ipynb, .html). The inputs
+    are checked before anything is written (`check_report_inputs`), and a report that fails half-way leaves `out_dir` as
+    it was: the last report is copied aside first and put back; the failed notebook is kept in the temporary folder."""
+    import os, shutil, tempfile
     import papermill as pm
     import nbformat
+    from reid_nb.core import staging_dir
     template, out_dir = Path(template), Path(out_dir)
     if not template.is_file(): raise FileNotFoundError(f"{template}: report template not found")
+    if all(k in parameters for k in ("metrics_dir", "variants", "datasets", "seeds")):     # before writing anything
+        check_report_inputs(*(parameters[k] for k in ("metrics_dir", "variants", "datasets", "seeds")),
+                            parameters.get("eval_datasets") or ())
+    keep = None
+    if out_dir.is_dir():                               # the last report, put back if this one fails
+        keep = staging_dir(out_dir.parent, out_dir.name)
+        shutil.copytree(out_dir, keep, symlinks=True, dirs_exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     nb_out = out_dir / template.name
-    pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)), kernel_name=kernel,
-                        progress_bar=False, cwd=str(Path.cwd()))
-    html = nb_out.with_suffix(".html"); html.write_text(report_html(nbformat.read(nb_out, as_version=4)), encoding="utf-8")
+    try:
+        pm.execute_notebook(str(template), str(nb_out), parameters=dict(parameters, out_dir=str(out_dir)),
+                            kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
+        html = nb_out.with_suffix(".html")
+        html.write_text(report_html(nbformat.read(nb_out, as_version=4)), encoding="utf-8")
+    except BaseException as e:
+        failed = Path(tempfile.gettempdir()) / f"reid-nb-report-failed-{os.getpid()}.ipynb"
+        if nb_out.is_file(): shutil.copyfile(nb_out, failed)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if keep is not None: os.replace(keep, out_dir); keep = None
+        if isinstance(e, pm.PapermillExecutionError):  # its message is the cell's whole traceback: one line of it
+            why = " ".join(str(e.evalue).split())
+            raise RuntimeError(f"{template}: cell {e.exec_count} failed ({e.ename}: {why}); {out_dir} is left as it "
+                               f"was; the executed notebook, with the traceback: {failed}") from None
+        raise
+    finally:
+        if keep is not None: shutil.rmtree(keep, ignore_errors=True)
     return nb_out, html

@@ -79,28 +79,10 @@ class TrainConfig:
         if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
         for k, allowed in TrainConfig.CHOICES.items():     # a subclass (BenchConfig) checks its own choices
             if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
-        if len(self.input_size) != 2 or min(self.input_size) < 32: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
-        for k in ("epochs", "K", "log_every"):
-            if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected a positive integer")
-        if self.P < 2: raise ValueError(f"P={self.P}: the batch-hard triplet loss needs at least 2 identities per batch (with one there are no negatives, and the loss is 0)")
-        if self.K < 2: raise ValueError(f"K={self.K}: the triplet loss needs at least 2 images per identity")
-        for k in ("max_batches", "ckpt_every", "num_workers", "warmup_epochs"):
-            if getattr(self, k) < 0: raise ValueError(f"{k}={getattr(self, k)}: expected an integer ≥ 0" + (" (0: the full epoch)" if k == "max_batches" else ""))
+        if len(self.input_size) != 2: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
+        from reid_nb.params import check_ranges     # every number within its range: RANGES (24_params)
+        check_ranges(self)
         check_width(self.width)
-        if not self.lr > 0: raise ValueError(f"lr={self.lr}: expected a positive learning rate")
-        if not self.gamma > 0: raise ValueError(f"gamma={self.gamma}: expected a positive factor (a step multiplies the rate by it; ≤ 0 would stop or reverse the descent)")
-        if not 0 < self.warmup_factor <= 1: raise ValueError(f"warmup_factor={self.warmup_factor}: expected a fraction in (0, 1]")
-        if any(m < 1 for m in self.milestones): raise ValueError(f"milestones={list(self.milestones)}: expected epochs ≥ 1")
-        for k, lo, hi in (("flip_p", 0, 1), ("erase_p", 0, 1)):
-            if not lo <= getattr(self, k) <= hi: raise ValueError(f"{k}={getattr(self, k)}: expected a probability in [0, 1]")
-        if not 0 <= self.label_smoothing < 1: raise ValueError(f"label_smoothing={self.label_smoothing}: expected a value in [0, 1)")
-        for k in ("weight_decay", "margin", "center_weight"):
-            if getattr(self, k) < 0: raise ValueError(f"{k}={getattr(self, k)}: expected a value ≥ 0")
-        if self.diverge_factor != 0 and not self.diverge_factor > 1:
-            raise ValueError(f"diverge_factor={self.diverge_factor}: expected a factor > 1 (or 0 to never stop on a growing loss)")
-        if self.pad < -1: raise ValueError(f"pad={self.pad}: expected pixels (≥ 0) or -1 (scaled to the input size)")
-        if not self.new_lr_mult > 0:
-            raise ValueError(f"new_lr_mult={self.new_lr_mult!r}: expected a positive number (1: the base rate)")
         if self.new_lr_mult != 1 and self.pretrained is None:
             raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but pretrained is None "
                              "(from scratch every layer is new): set pretrained or leave new_lr_mult at 1")
