@@ -24,8 +24,9 @@ __all__ = ['NAME_PATTERN', 'ANY_CAMS_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'BU
            'SOURCE_FILE', 'MANIFEST_HASH_DIGITS', 'MSMT17_DIRS', 'MSMT17_LISTS', 'MSMT17_LIST_FILES', 'CUSTOM_COLUMNS',
            'CUSTOM_KEYS', 'ARCHIVE_NAMES', 'Record', 'parse_name', 'DatasetInfo', 'dataset_info', 'read_split',
            'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset', 'archive_path', 'prepare_dataset', 'load_dataset',
-           'image_hashes', 'fingerprint_of', 'dataset_fingerprint', 'dataset_labels', 'check_manifest', 'msmt17_camera',
-           'read_msmt17_list', 'register_custom_datasets', 'make_archive', 'make_synthetic', 'SyntheticConfig']
+           'image_hashes', 'fingerprint_of', 'dataset_fingerprint', 'dataset_labels', 'check_manifest', 'check_outside',
+           'msmt17_camera', 'read_msmt17_list', 'register_custom_datasets', 'make_archive', 'make_synthetic',
+           'SyntheticConfig']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
 class Record(NamedTuple):
@@ -470,6 +471,15 @@ def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = N
     for key in listed:
         if key not in hashes: raise ValueError(f"{key}: listed in {where}, but missing now: {fix}")
     raise ValueError(f"the images differ from {where} (fingerprint {str(manifest.get('fingerprint'))[:12]}… there, {fp[:12]}… now): {fix}")
+
+def check_outside(ds: ReIDData, path, what: str = "out"):
+    """Refuse an output (a run folder, a metrics file) inside the dataset's folder: the data stage owns that folder (DVC tracks it
+    as the stage's output), and a run written into a split folder mixes the run's files with the images."""
+    if path is None: return
+    p, root = Path(path).resolve(), Path(ds.root).resolve()
+    if p == root or root in p.parents:
+        raise ValueError(f"{what} {path}: lies inside the folder of dataset {ds.name} ({ds.root}); write it outside the dataset "
+                         "(the data stage owns that folder), e.g. under runs/ or metrics/")
 
 def _check_labels(ds: ReIDData, manifest: dict, where):
     "Refuse labels (pid, camid, split) that differ from those the data stage recorded, naming the first image and how many differ."
