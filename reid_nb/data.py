@@ -15,7 +15,7 @@ from .transforms import read_image, BadImageError
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render
+from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render, synthetic_outdated
 
 _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
 
@@ -369,11 +369,17 @@ def _prepare_synthetic(folder: Path, progress: bool = True, **kwargs) -> Path:
         raise ValueError(f"{folder} holds a dataset in the Market-1501 layout, but not one that reid_nb generated (no synthetic.json); "
                          "the synthetic set is made only by 'reid-nb synth' / 'reid-nb prepare synthetic': move that folder away, or "
                          "use it under its own dataset name")
-    if kwargs and meta.exists():
-        have = json.loads(meta.read_text())
+    try: have = json.loads(read_text_regular(meta, "marker"))
+    except ValueError: have = {}
+    have = have if isinstance(have, dict) else {}
+    if kwargs:
         diff = {k: (have.get(k), v) for k, v in kwargs.items() if have.get(k) != v}
         if diff: raise ValueError(f"{folder} was generated with other parameters ({', '.join(f'{k}: {a} there, {b} asked' for k, (a, b) in diff.items())}); "
                                   f"delete it or use another root")
+    if why := synthetic_outdated(folder):        # an older renderer's images are another dataset under the same name
+        print(f"{why}; regenerating it")
+        params = {k: have[k] for k in SyntheticConfig.__dataclass_fields__ if k in have}
+        return make_synthetic(folder, overwrite=True, progress=progress, **(params | kwargs))
     return folder
 
 def load_dataset(name: str, root, url: str | None = None, download: bool = False, progress: bool = True,
