@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 from .download import download_url, safe_extract, check_file, file_hash, parse_checksum, ChecksumError
-from .core import staging_dir, check_regular, read_regular, read_text_regular, MAX_IMAGE_BYTES, SpecialFileError
+from .core import staging_dir, check_regular, read_regular, read_text_regular, MAX_IMAGE_BYTES, SpecialFileError, FileTooLargeError
 from .transforms import read_image, BadImageError
 import numpy as np
 from PIL import Image
@@ -396,7 +396,7 @@ def image_hashes(ds: ReIDData, decode: bool = False, progress: bool = False) -> 
     def one(item):
         key, path = item
         try: digest = hashlib.sha256(read_regular(path, "image file", MAX_IMAGE_BYTES)).hexdigest()
-        except (SpecialFileError, FileNotFoundError) as e: return key, None, str(e)
+        except (SpecialFileError, FileTooLargeError, FileNotFoundError) as e: return key, None, str(e)
         except OSError as e: return key, None, f"{path}: cannot read ({type(e).__name__}: {e})"
         if decode:
             try: read_image(path)
