@@ -273,7 +273,7 @@ def add_config_options(p: argparse.ArgumentParser, cls, skip=(), defaults: dict 
 # %% ../nbs/28_core.ipynb #17a66879
 import stat
 
-MAX_IMAGE_BYTES = 256 * 2**20     # an image file: a person crop is 2–50 KB; a 50-megapixel PNG (MAX_PIXELS) stays under this
+MAX_IMAGE_BYTES = 256 * 2**20     # an image file: a person crop is 2–50 KB; a 50-megapixel PNG stays under this
 MAX_LIST_BYTES = 256 * 2**20      # a list of images (CSV, JSON, text), a manifest, a config: MSMT17's lists are 6 MB
 MAX_FEATURE_BYTES = 16 * 2**30    # a feature file: MSMT17's 93,820 × 2048 float32 features are 0.8 GB
 
@@ -295,16 +295,17 @@ def _check_stat(path, st: os.stat_result, what: str, max_bytes: int | None):
         raise FileTooLargeError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
 
 def check_regular(path, what: str = "file", max_bytes: int | None = None) -> os.stat_result:
-    """Refuse `path` unless it is a regular file (a link to one is fine) of at most `max_bytes`: `os.stat` only, nothing is opened
-    (opening a FIFO blocks). A missing path is a `FileNotFoundError` naming it."""
+    """Refuse `path` unless it is a regular file (a link to one is fine) of at most `max_bytes`: `os.stat` only,
+    nothing is opened (opening a FIFO blocks). A missing path is a `FileNotFoundError` naming it."""
     try: st = os.stat(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: No such file" + (" (a dangling link)" if os.path.islink(path) else "") + f"; expected a {what}") from None
+        link = " (a dangling link)" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"{path}: No such file{link}; expected a {what}") from None
     _check_stat(path, st, what, max_bytes)
     return st
 
 def open_regular(path, what: str = "file", max_bytes: int | None = None):
-    "`path` opened for reading (binary) after `check_regular`; opened non-blocking and checked again on the descriptor (no race)."
+    "`path` opened for reading (binary) after `check_regular`: non-blocking, checked again on the descriptor (no race)."
     check_regular(path, what, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
@@ -315,7 +316,7 @@ def open_regular(path, what: str = "file", max_bytes: int | None = None):
         os.close(fd); raise
 
 def read_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> bytes:
-    "The bytes of the regular file `path`, at most `max_bytes` (a file that grew past the limit while read is refused too)."
+    "The bytes of the regular file `path`, at most `max_bytes` (one that grows past the limit while read: refused too)."
     with open_regular(path, what, max_bytes) as f: data = f.read(max_bytes + 1)
     if len(data) > max_bytes: raise FileTooLargeError(f"{path}: more than the {max_bytes:,} bytes a {what} may have")
     return data
@@ -323,4 +324,5 @@ def read_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> b
 def read_text_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> str:
     "The UTF-8 text of the regular file `path` (`read_regular`); text that is not UTF-8 is an error naming the file."
     try: return read_regular(path, what, max_bytes).decode("utf-8-sig")
-    except UnicodeDecodeError as e: raise ValueError(f"{path}: not a UTF-8 text {what} ({e.reason} at byte {e.start})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text {what} ({e.reason} at byte {e.start})") from None

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 from .download import download_url, safe_extract, check_file, file_hash, parse_checksum, ChecksumError
-from .core import staging_dir, check_regular, read_regular, read_text_regular, MAX_IMAGE_BYTES, SpecialFileError, FileTooLargeError
+from .core import (staging_dir, check_regular, read_regular, read_text_regular, MAX_IMAGE_BYTES,
+                          SpecialFileError, FileTooLargeError)
 from .transforms import read_image, BadImageError
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render, synthetic_outdated
+from .synthetic import (make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render,
+                               synthetic_outdated)
 
 _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
 
@@ -100,7 +102,7 @@ def read_split(folder, num_cams: int | None, keep_distractors: bool, pattern: re
     records, dropped = [], 0
     for p in sorted(folder.iterdir()):
         if p.is_dir() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES: continue   # a broken link is kept: reading it names it
-        if p.exists(): check_regular(p, "image file")         # a FIFO or a device named like an image: refused here, never opened
+        if p.exists(): check_regular(p, "image file")         # a FIFO or a device named like an image: never opened
         try: pid, cam = parse_name(p.name, pattern)
         except ValueError as e: raise ValueError(f"{folder}/{e}") from None
         if not 1 <= cam <= (num_cams or cam):
@@ -174,7 +176,7 @@ def _other_layout_error(info: DatasetInfo, folder: Path, hint: str = "") -> File
 def _complete(info: DatasetInfo, folder: Path) -> bool:
     "Whether `folder` holds a whole copy of the dataset in its layout (the files its reader needs, not yet their contents)."
     if info.layout == "msmt17": return _msmt17_dirs(folder) is not None and all((folder/f).is_file() for f in MSMT17_LIST_FILES)
-    if info.layout == "list": return (folder/info.list_file).exists()      # a FIFO or a device there is named when it is read
+    if info.layout == "list": return (folder/info.list_file).exists()      # a FIFO or a device there: named when read
     return _has_layout(folder)
 
 def _partly_there(info: DatasetInfo, folder: Path) -> bool:
@@ -245,8 +247,9 @@ def _assemble(info: DatasetInfo, folder: Path, splits: dict, dropped: dict) -> R
 
 # %% ../nbs/10_data.ipynb #2953eb7a
 def _check_rows(name: str, where, splits: dict):
-    """The ranking protocol's bookkeeping, for every dataset: no image listed twice (a duplicated row counts twice), and none in
-    both the query and the gallery (a query that finds itself at distance 0). The same bytes under two names: `image_hashes`."""
+    """The ranking protocol's bookkeeping, for every dataset: no image listed twice (a duplicated row counts twice), and
+    none in both the query and the gallery (a query that finds itself at distance 0). The same bytes under two names are
+    found by `image_hashes`."""
     seen, twice, both = {}, [], []
     for split, recs in splits.items():
         for r in recs:
@@ -255,10 +258,13 @@ def _check_rows(name: str, where, splits: dict):
             elif {seen[key], split} == {"query", "gallery"}: both.append(key)
             else: twice.append(f"{key} ({seen[key]}{'' if seen[key] == split else ' and ' + split})")
     def first(xs): return ", ".join(xs[:3]) + (f", … ({len(xs) - 3} more)" if len(xs) > 3 else "")
-    if both: _protocol_issue(name, f"{where}: {len(both)} image(s) in both the query and the gallery ({first(both)}): such a query "
-                                   f"finds itself at distance 0, which inflates R1 and mAP; list each image in one split")
-    if twice: _protocol_issue(name, f"{where}: {len(twice)} image(s) listed more than once ({first(twice)}): a duplicated row counts "
-                                    f"its image twice; list each image once")
+    if both:
+        _protocol_issue(name, f"{where}: {len(both)} image(s) in both the query and the gallery ({first(both)}): "
+                              "such a query finds itself at distance 0, which inflates R1 and mAP; list each image in "
+                              "one split")
+    if twice:
+        _protocol_issue(name, f"{where}: {len(twice)} image(s) listed more than once ({first(twice)}): a duplicated "
+                              "row counts its image twice; list each image once")
 
 def archive_path(name: str, root) -> Path:
     "Where the archive of `name` is expected: `<data root>/raw/<archive>` (of the releases, the first one that is there)."
@@ -415,13 +421,13 @@ def image_hashes(ds: ReIDData, decode: bool = False, progress: bool = False) -> 
     return out
 
 def _public(name: str) -> bool:
-    "Whether `name` is a published dataset, whose quirks are reported (a warning) rather than refused: one we neither made nor own."
+    "Whether `name` is a published dataset (one we neither made nor own), whose quirks are a warning, not an error."
     info = DATASETS.get(name)
     return info is not None and not info.custom and name != "synthetic"
 
 def _protocol_issue(name: str, msg: str):
-    "A broken ranking protocol: an error, or for a published dataset (which cannot be fixed here) a warning saying what and how many."
-    if _public(name): warnings.warn(f"{msg} (a quirk of the published {name}; its numbers are not comparable with a clean split)")
+    "A broken ranking protocol: an error, or for a published dataset (not fixable here) a warning: what, how many."
+    if _public(name): warnings.warn(f"{msg} (a quirk of the published {name}; its numbers are not a clean split's)")
     else: raise ValueError(msg)
 
 def _check_same_bytes(ds: ReIDData, hashes: dict[str, str]):
@@ -433,7 +439,7 @@ def _check_same_bytes(ds: ReIDData, hashes: dict[str, str]):
     if same:
         _protocol_issue(ds.name, f"{ds.name}: {len(same)} query image(s) have the same bytes as a gallery image ("
                         + ", ".join(f"{q} = {g}" for q, g in same[:3]) + (", …" if len(same) > 3 else "")
-                        + "): such a query finds itself at distance 0, which inflates R1 and mAP; remove one of each pair")
+                        + "): such a query finds itself at distance 0, which inflates R1 and mAP; remove one of each")
 
 def fingerprint_of(hashes: dict[str, str]) -> str:
     "One SHA-256 over `image_hashes`' keys and digests, in order."
@@ -448,22 +454,23 @@ def dataset_fingerprint(ds: ReIDData) -> str:
 MANIFEST_HASH_DIGITS = 16
 
 def dataset_labels(ds: ReIDData) -> dict[str, list[int]]:
-    "`{'split/relative path': [pid, camid]}` of every image of `ds`, keyed like `image_hashes`: what the manifest records of the labels."
+    "`{'split/relative path': [pid, camid]}` of every image of `ds`, keyed like `image_hashes`: the manifest's labels."
     return {f"{split}/{Path(r.path).relative_to(ds.root).as_posix()}": [int(r.pid), int(r.camid)]
             for split in ("train", "query", "gallery") for r in getattr(ds, split)}
 
 def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = None, ds: ReIDData | None = None):
-    """Raise `ValueError` naming the first image that differs from `manifest` (the data stage's JSON: a path, or its dict); with
-    `ds`, also the dataset's name and every image's labels (pid, camid and split), which the manifest records too."""
+    """Raise `ValueError` naming the first image that differs from `manifest` (the data stage's JSON: a path, or its
+    dict); with `ds`, also the dataset's name and every image's labels (pid, camid, split), which it records too."""
     where = manifest if not isinstance(manifest, dict) else "the manifest"
     if not isinstance(manifest, dict):
         try: manifest = json.loads(read_text_regular(manifest, "manifest"))
         except FileNotFoundError: raise FileNotFoundError(f"{where}: no such manifest; run the data stage (reid-nb prepare … --manifest {where}) first") from None
         except ValueError as e: raise ValueError(f"{where}: not a readable manifest ({e})") from None
-        if not isinstance(manifest, dict): raise ValueError(f"{where}: not a manifest (a JSON object); run the data stage again")
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{where}: not a manifest (a JSON object); run the data stage again")
     if ds is not None and manifest.get("dataset") != ds.name:
-        raise ValueError(f"{where} is the manifest of dataset {manifest.get('dataset')!r}, but this run uses dataset {ds.name!r}: "
-                         f"pass the manifest of {ds.name} (manifests/{ds.name}.json)")
+        raise ValueError(f"{where} is the manifest of dataset {manifest.get('dataset')!r}, but this run uses dataset "
+                         f"{ds.name!r}: pass the manifest of {ds.name} (manifests/{ds.name}.json)")
     fp = fingerprint or fingerprint_of(hashes)
     if manifest.get("fingerprint") == fp:
         if ds is not None: _check_labels(ds, manifest, where)
@@ -479,26 +486,29 @@ def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = N
     raise ValueError(f"the images differ from {where} (fingerprint {str(manifest.get('fingerprint'))[:12]}… there, {fp[:12]}… now): {fix}")
 
 def check_outside(ds: ReIDData, path, what: str = "out"):
-    """Refuse an output (a run folder, a metrics file) inside the dataset's folder: the data stage owns that folder (DVC tracks it
-    as the stage's output), and a run written into a split folder mixes the run's files with the images."""
+    """Refuse an output (a run folder, a metrics file) inside the dataset's folder: the data stage owns that folder (DVC
+    tracks it as the stage's output), and a run written into a split folder mixes the run's files with the images."""
     if path is None: return
     p, root = Path(path).resolve(), Path(ds.root).resolve()
     if p == root or root in p.parents:
-        raise ValueError(f"{what} {path}: lies inside the folder of dataset {ds.name} ({ds.root}); write it outside the dataset "
-                         "(the data stage owns that folder), e.g. under runs/ or metrics/")
+        raise ValueError(f"{what} {path}: lies inside the folder of dataset {ds.name} ({ds.root}); write it outside "
+                         "the dataset (the data stage owns that folder), e.g. under runs/ or metrics/")
 
 def _check_labels(ds: ReIDData, manifest: dict, where):
-    "Refuse labels (pid, camid, split) that differ from those the data stage recorded, naming the first image and how many differ."
-    fix = "the labels changed after the data stage (a renamed file, an edited list); run the data stage again (dvc repro, or reid-nb prepare)"
+    "Refuse labels (pid, camid, split) that differ from the data stage's, naming the first image and how many differ."
+    fix = ("the labels changed after the data stage (a renamed file, an edited list); run the data stage again "
+           "(dvc repro, or reid-nb prepare)")
     listed = manifest.get("labels")
     if not isinstance(listed, dict):
-        raise ValueError(f"{where}: records no image labels (it was written by an older reid_nb); run the data stage again "
-                         f"(reid-nb prepare {ds.name} --manifest {where})")
+        raise ValueError(f"{where}: records no image labels (it was written by an older reid_nb); run the data stage "
+                         f"again (reid-nb prepare {ds.name} --manifest {where})")
     now = dataset_labels(ds)
     diff = [k for k in now if listed.get(k) != now[k]] + [k for k in listed if k not in now]
     if diff:
         k, n = diff[0], len(diff)
-        def show(v): return "absent" if v is None else f"pid {v[0]}, camid {v[1]}" if isinstance(v, list) and len(v) == 2 else repr(v)
+        def show(v):
+            if v is None: return "absent"
+            return f"pid {v[0]}, camid {v[1]}" if isinstance(v, list) and len(v) == 2 else repr(v)
         raise ValueError(f"{k}: labelled {show(now.get(k))} now, {show(listed.get(k))} in {where}"
                          + (f" ({n - 1} more image(s) differ)" if n > 1 else "") + f": {fix}")
 
@@ -555,7 +565,7 @@ def _read_msmt17(info: DatasetInfo, folder: Path) -> dict[str, list[Record]]:
 def _check_files(name: str, folder: Path, splits: dict, how: str):
     "An error naming the first few records whose image file is missing, and how many are."
     for r in (r for recs in splits.values() for r in recs):
-        if os.path.exists(r.path): check_regular(r.path, "image file")      # a FIFO or a device: refused by name, never opened
+        if os.path.exists(r.path): check_regular(r.path, "image file")      # a FIFO or a device: refused, never opened
     missing = [r.path for recs in splits.values() for r in recs if not os.path.isfile(r.path)]
     if missing:
         raise FileNotFoundError(f"{name}: {len(missing)} image(s) {how} are missing under {folder}: "
@@ -621,8 +631,8 @@ def _read_rows(list_file: Path) -> list[tuple[str, dict]]:
     return rows
 
 def _label(v, what: str, where: str):
-    """A pid or camid as written: an int (digits in a CSV are one), or a non-empty name; a number that is not whole (`1.5`, `2.0`,
-    `1e3`) is refused, not read as a name: it would be a new identity or camera."""
+    """A pid or camid as written: an int (digits in a CSV are one), or a non-empty name; a number that is not whole
+    (`1.5`, `2.0`, `1e3`) is refused, not read as a name: it would be a new identity or camera."""
     if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v): v = int(v)
     if isinstance(v, str):
         try: float(v); number = v.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
@@ -637,9 +647,9 @@ def _one_kind(items, i: int, what: str, list_file):
     nums = [(w, x[i]) for w, x in items if isinstance(x[i], int)]
     names = [(w, x[i]) for w, x in items if isinstance(x[i], str)]
     if nums and names:
-        raise ValueError(f"{list_file}: the {what} column mixes numbers ({nums[0][1]!r} at {nums[0][0]}) and names ({names[0][1]!r} at "
-                         f"{names[0][0]}; {len(names)} of {len(items)} rows): one {what} written two ways would count as two; "
-                         f"write every {what} the same way")
+        raise ValueError(f"{list_file}: the {what} column mixes numbers ({nums[0][1]!r} at {nums[0][0]}) and names "
+                         f"({names[0][1]!r} at {names[0][0]}; {len(names)} of {len(items)} rows): one {what} written "
+                         f"two ways would count as two; write every {what} the same way")
 
 def _numbering(values) -> dict:
     "Consecutive ints for labels in sorted order (numbers by value, names by text; numbers before names)."

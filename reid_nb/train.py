@@ -210,7 +210,7 @@ def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, 
     check_outside(ds, out, "out")                              # a run folder inside the dataset's folder: refused
     hashes = image_hashes(ds) if rank == 0 else None          # every image's bytes, read once (rank 0)
     fp = fingerprint_of(hashes) if rank == 0 else None
-    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp, ds)     # images, labels and the dataset's name
+    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp, ds)     # images, labels, dataset name
     env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids, progress=progress and rank == 0)

@@ -51,8 +51,9 @@ MAX_PIXELS = 50_000_000      # a person crop is a few thousand to ~100,000 pixel
 _PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 def _open_checked(path) -> Image.Image:
-    """Open `path` (header only) and refuse an image of more than `MAX_PIXELS` before its pixels are decoded. The file is read with
-    `core.read_regular` first: a FIFO, a device or a file over `MAX_IMAGE_BYTES` named like an image is refused, never waited on."""
+    """Open `path` (header only) and refuse an image of more than `MAX_PIXELS` before its pixels are decoded. The
+    file is read with `core.read_regular` first: a FIFO, a device or a file over `MAX_IMAGE_BYTES` named like an
+    image is refused, never waited on."""
     data = io.BytesIO(read_regular(path, "image file", MAX_IMAGE_BYTES))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)       # our own limit, below, is lower
@@ -63,8 +64,8 @@ def _open_checked(path) -> Image.Image:
     return im
 
 def read_image(path) -> Image.Image:
-    """The RGB image at `path`, fully decoded; any failure (a corrupt, empty or huge file, a dangling link, a FIFO or a device) is a
-    `BadImageError` naming it."""
+    """The RGB image at `path`, fully decoded; any failure (a corrupt, empty or huge file, a dangling link, a FIFO or a
+    device) is a `BadImageError` naming it."""
     try:
         with _open_checked(path) as im:
             im.load()

@@ -1,7 +1,7 @@
-"""Hostile inputs (issue 28): special files named like images, lists that inflate the metrics, feature files that lie, outputs
-left half written, manifests and configs that do not match, and a synthetic set made by an older renderer. Every case is
-refused with one line that names the thing (or, for an outdated set, fixed with one line saying so). A command that hangs
-counts as a failure: each runs under a timeout."""
+"""Hostile inputs (issue 28): special files named like images, lists that inflate the metrics, feature files that
+lie, outputs left half written, manifests and configs that do not match, and a synthetic set made by an older
+renderer. Every case is refused with one line that names the thing (or, for an outdated set, fixed with one line
+saying so). A command that could hang runs under a timeout: a hang counts as a failure."""
 import contextlib, io, json, os, shutil, subprocess
 from pathlib import Path
 
@@ -13,12 +13,12 @@ from PIL import Image
 from conftest import TINY, run_cli
 
 FEATURE_DIM = {}            # the run fixture's feature size
-HANG = 45                   # seconds: a command that waits on a FIFO never ends; on the fixed code these cases fail in a few seconds
+HANG = 45                   # seconds: a command waiting on a FIFO never ends; fixed, these cases fail in seconds
 
 
 def cli(*args, cwd, timeout=None):
-    """`reid-nb ARGS` run in `cwd`: as a subprocess under `timeout` where the command could hang (a hang fails the test), else
-    in this process (`cli.main`, the same one-line error handling, without a new interpreter's start-up for each case)."""
+    """`reid-nb ARGS` run in `cwd`: as a subprocess under `timeout` where the command could hang (a hang fails the
+    test), else in this process (`cli.main`, the same one-line errors, without an interpreter's start-up per case)."""
     if timeout:
         try: return run_cli(*args, cwd=cwd, check=False, timeout=timeout)
         except subprocess.TimeoutExpired: pytest.fail(f"reid-nb {args[0]} hung (still running after {timeout} s)")
@@ -45,14 +45,14 @@ def tiny(tmp_path_factory):
     "A data root with a tiny synthetic set (33 images: 4 train identities, 3 test identities)."
     from reid_nb.synthetic import make_synthetic
     root = tmp_path_factory.mktemp("tiny")
-    make_synthetic(root / "synthetic", seed=0, num_train_ids=4, num_test_ids=3, train_images_per_id=3, gallery_images_per_id=4,
-                   num_distractors=2, num_junk=1)
+    make_synthetic(root / "synthetic", seed=0, num_train_ids=4, num_test_ids=3, train_images_per_id=3,
+                   gallery_images_per_id=4, num_distractors=2, num_junk=1)
     return root
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    "An untrained baseline run folder as `reid-nb train` writes it (config.json with its training record, model.safetensors)."
+    "An untrained baseline run folder as `reid-nb train` writes it (config.json with its training record, weights)."
     from safetensors.torch import save_file
     from reid_nb.models import build_model
     out = tmp_path_factory.mktemp("run")
@@ -60,8 +60,8 @@ def run(tmp_path_factory):
     m = build_model("baseline", 4, input_size=(64, 32), width=0.25).eval()
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(out / "model.safetensors"))
     tc = dict(variant="baseline", dataset="synthetic", input_size=[64, 32], width=0.25, epochs=1, seed=0)
-    (out / "config.json").write_text(json.dumps(dict(variant="baseline", num_classes=4, model_config=m.config, train_config=tc,
-                                                     dataset="synthetic"), indent=2))
+    cfg = dict(variant="baseline", num_classes=4, model_config=m.config, train_config=tc, dataset="synthetic")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
     FEATURE_DIM["run"] = m.feature_dim
     return out
 
@@ -77,8 +77,8 @@ def images(tiny, n=3) -> list[Path]:
 
 
 def custom(tiny, tmp_path, edit=None) -> Path:
-    """A params file registering `mine`, a list-layout dataset made of copies of the tiny set's images (`edit(rows, folder)`
-    may change its rows first); returns the params file (the data root is `tmp_path/data`)."""
+    """A params file registering `mine`, a list-layout dataset made of copies of the tiny set's images
+    (`edit(rows, folder)` may change its rows first); returns the params file (the data root is `tmp_path/data`)."""
     from reid_nb.data import load_dataset
     ds = load_dataset("synthetic", tiny)
     folder = tmp_path / "data" / "mine"; (folder / "img").mkdir(parents=True)
@@ -96,12 +96,12 @@ def custom(tiny, tmp_path, edit=None) -> Path:
     return params
 
 
-# --- special files named like images ------------------------------------------------------------------------------------------
+# --- special files named like images --------------------------------------------------------------------------------
 
 def test_fifo_as_search_query_is_refused_not_waited_on(run, tiny, tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
-    p = cli("search", "--run", run, "--query", tmp_path / "pipe.jpg", "--gallery", tiny / "synthetic" / "query", "--out",
-            tmp_path / "s", "--no-progress", cwd=tmp_path, timeout=HANG)
+    p = cli("search", "--run", run, "--query", tmp_path / "pipe.jpg", "--gallery", tiny / "synthetic" / "query",
+            "--out", tmp_path / "s", "--no-progress", cwd=tmp_path, timeout=HANG)
     refused(p, "pipe.jpg", "FIFO")
 
 
@@ -142,12 +142,12 @@ def test_a_huge_file_named_jpg_in_a_dataset_is_refused_by_its_size(tiny, tmp_pat
 
 def test_a_folder_named_npz_as_gallery_is_named_as_a_folder(run, tiny, tmp_path):
     (tmp_path / "gallery.npz").mkdir()
-    p = cli("search", "--run", run, "--query", images(tiny)[0], "--gallery", tmp_path / "gallery.npz", "--out", tmp_path / "s",
-            "--no-progress", cwd=tmp_path)
+    p = cli("search", "--run", run, "--query", images(tiny)[0], "--gallery", tmp_path / "gallery.npz",
+            "--out", tmp_path / "s", "--no-progress", cwd=tmp_path)
     refused(p, "gallery.npz", "is a folder, not a regular file")
 
 
-# --- lists that inflate the metrics ---------------------------------------------------------------------------------------------
+# --- lists that inflate the metrics ---------------------------------------------------------------------------------
 
 def test_custom_list_with_a_query_image_copied_into_the_gallery_is_refused(tiny, tmp_path):
     def dup(rows, folder):              # a query image, copied under another name into the gallery (another camera)
@@ -177,10 +177,11 @@ def test_custom_list_writing_a_camera_as_c1_and_as_a_number_is_refused(tiny, tmp
     refused(p, "list.csv", "the camid column mixes numbers", "'c1'")
 
 
-# --- feature files --------------------------------------------------------------------------------------------------------------
+# --- feature files --------------------------------------------------------------------------------------------------
 
 def _search_npz(run, tiny, tmp_path, npz):
-    return cli("search", "--run", run, "--query", images(tiny)[0], "--gallery", npz, "--out", tmp_path / "s", "--no-progress", cwd=tmp_path)
+    return cli("search", "--run", run, "--query", images(tiny)[0], "--gallery", npz, "--out", tmp_path / "s",
+               "--no-progress", cwd=tmp_path)
 
 
 def test_a_text_file_named_npz_gets_one_clear_line(run, tiny, tmp_path):
@@ -193,7 +194,8 @@ def test_features_with_nan_are_refused(run, tiny, tmp_path):
     paths = images(tiny, 3)
     f = np.random.default_rng(0).normal(size=(3, FEATURE_DIM["run"])).astype(np.float32); f[1] = np.nan
     np.savez(tmp_path / "g.npz", features=f, paths=np.array([str(p) for p in paths]))
-    refused(_search_npz(run, tiny, tmp_path, tmp_path / "g.npz"), "g.npz", "1 of 3 feature rows are not finite", paths[1].name)
+    p = _search_npz(run, tiny, tmp_path, tmp_path / "g.npz")
+    refused(p, "g.npz", "1 of 3 feature rows are not finite", paths[1].name)
     assert not (tmp_path / "s" / "search.json").exists()
 
 
@@ -206,8 +208,8 @@ def test_features_with_fewer_rows_than_paths_are_refused(run, tiny, tmp_path):
 
 @pytest.mark.parametrize("bs", ["0", "-3"])
 def test_extract_refuses_a_batch_size_below_one(run, tiny, tmp_path, bs):
-    p = cli("extract", "--run", run, "--images", tiny / "synthetic" / "query", "--out", tmp_path / "f.npz", "--batch-size", bs,
-            "--no-progress", cwd=tmp_path)
+    p = cli("extract", "--run", run, "--images", tiny / "synthetic" / "query", "--out", tmp_path / "f.npz",
+            "--batch-size", bs, "--no-progress", cwd=tmp_path)
     last = refused(p)
     assert "batch" in last.lower() and bs in last, last
     assert not (tmp_path / "f.npz").exists()
@@ -217,9 +219,10 @@ def test_extract_refuses_the_features_of_non_finite_weights(run, tiny, tmp_path)
     from safetensors.torch import load_file, save_file
     bad = tmp_path / "run"; shutil.copytree(run, bad)
     sd = load_file(str(bad / "model.safetensors"))
-    save_file({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in sd.items()}, str(bad / "model.safetensors"))
-    p = cli("extract", "--run", bad, "--images", tiny / "synthetic" / "query", "--out", tmp_path / "f.npz", "--no-progress",
-            cwd=tmp_path)
+    sd = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(sd, str(bad / "model.safetensors"))
+    p = cli("extract", "--run", bad, "--images", tiny / "synthetic" / "query", "--out", tmp_path / "f.npz",
+            "--no-progress", cwd=tmp_path)
     refused(p, "non-finite features")
     assert not (tmp_path / "f.npz").exists()
 
@@ -236,14 +239,14 @@ def test_search_that_fails_in_its_figure_leaves_no_half_output(run, tiny, tmp_pa
     assert not (tmp_path / "s" / "search.json").exists() and not (tmp_path / "s" / "search.png").exists()
 
 
-# --- mismatches: manifests, output folders, configs, an outdated synthetic set ------------------------------------------------
+# --- mismatches: manifests, output folders, configs, an outdated synthetic set --------------------------------------
 
 def test_evaluate_with_the_manifest_of_another_dataset_names_both(run, tiny, tmp_path):
     params = custom(tiny, tmp_path)
     cli("prepare", "mine", "--params", params, "--manifest", tmp_path / "mine.json", cwd=tmp_path)
     assert (tmp_path / "mine.json").is_file()
-    p = cli("evaluate", "--run", run, "--data-root", tiny, "--manifest", tmp_path / "mine.json", "--no-rerank", "--no-progress",
-            "--num-workers", "0", cwd=tmp_path)
+    p = cli("evaluate", "--run", run, "--data-root", tiny, "--manifest", tmp_path / "mine.json", "--no-rerank",
+            "--no-progress", "--num-workers", "0", cwd=tmp_path)
     refused(p, "mine.json", "'mine'", "'synthetic'")
 
 
@@ -275,7 +278,8 @@ def test_evaluate_refuses_a_config_whose_input_size_was_edited(run, tiny, tmp_pa
     cfg = json.loads((edited / "config.json").read_text())
     cfg["model_config"]["input_size"] = [96, 48]
     (edited / "config.json").write_text(json.dumps(cfg))
-    p = cli("evaluate", "--run", edited, "--data-root", tiny, "--no-rerank", "--no-progress", "--num-workers", "0", cwd=tmp_path)
+    p = cli("evaluate", "--run", edited, "--data-root", tiny, "--no-rerank", "--no-progress", "--num-workers", "0",
+            cwd=tmp_path)
     refused(p, "config.json", "model_config.input_size [96, 48] but train_config.input_size [64, 32]")
 
 
@@ -287,7 +291,8 @@ def test_prepare_regenerates_a_synthetic_set_of_an_older_renderer(tiny, tmp_path
     before = sorted(p.name for p in (root / "synthetic" / "query").iterdir())
     p = cli("prepare", "synthetic", "--root", root, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "made by synthetic renderer version 1 (before versions were recorded)" in p.stdout and "regenerating it" in p.stdout, p.stdout
+    assert "made by synthetic renderer version 1 (before versions were recorded)" in p.stdout, p.stdout
+    assert "regenerating it" in p.stdout, p.stdout
     new = json.loads(marker.read_text())
     assert new.get("version") and {k: new[k] for k in old} == old        # this renderer's version, the same parameters
     assert sorted(p.name for p in (root / "synthetic" / "query").iterdir()) == before
