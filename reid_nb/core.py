@@ -286,13 +286,15 @@ class FileTooLargeError(OSError):
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
+def _a(what: str) -> str: return f"an {what}" if what[:1] in "aeiou" else f"a {what}"
+
 def _check_stat(path, st: os.stat_result, what: str, max_bytes: int | None):
     if not stat.S_ISREG(st.st_mode):
         kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
         link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
-        raise SpecialFileError(f"{path}: is {kind}{link}, not a regular file; a {what} must be a regular file")
+        raise SpecialFileError(f"{path}: is {kind}{link}, not a regular file; {_a(what)} must be a regular file")
     if max_bytes is not None and st.st_size > max_bytes:
-        raise FileTooLargeError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
+        raise FileTooLargeError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} {_a(what)} may have")
 
 def check_regular(path, what: str = "file", max_bytes: int | None = None) -> os.stat_result:
     """Refuse `path` unless it is a regular file (a link to one is fine) of at most `max_bytes`: `os.stat` only,
@@ -300,7 +302,7 @@ def check_regular(path, what: str = "file", max_bytes: int | None = None) -> os.
     try: st = os.stat(path)
     except FileNotFoundError:
         link = " (a dangling link)" if os.path.islink(path) else ""
-        raise FileNotFoundError(f"{path}: No such file{link}; expected a {what}") from None
+        raise FileNotFoundError(f"{path}: No such file{link}; expected {_a(what)}") from None
     _check_stat(path, st, what, max_bytes)
     return st
 
@@ -318,7 +320,7 @@ def open_regular(path, what: str = "file", max_bytes: int | None = None):
 def read_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> bytes:
     "The bytes of the regular file `path`, at most `max_bytes` (one that grows past the limit while read: refused too)."
     with open_regular(path, what, max_bytes) as f: data = f.read(max_bytes + 1)
-    if len(data) > max_bytes: raise FileTooLargeError(f"{path}: more than the {max_bytes:,} bytes a {what} may have")
+    if len(data) > max_bytes: raise FileTooLargeError(f"{path}: more than the {max_bytes:,} bytes {_a(what)} may have")
     return data
 
 def read_text_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> str:

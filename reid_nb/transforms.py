@@ -80,7 +80,7 @@ def filter_readable(records: Sequence, warn: bool = True) -> tuple[list, list[tu
     good, bad = [], []
     for r in records:
         try: read_image(r.path); good.append(r)
-        except BadImageError as e: bad.append((str(r.path), str(e.__cause__)))
+        except BadImageError as e: bad.append((str(r.path), str(e.__cause__).removeprefix(f"{r.path}: ")))
     if bad and warn:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(records)}: "
                       + "; ".join(p for p, _ in bad[:5]) + (" …" if len(bad) > 5 else ""))
