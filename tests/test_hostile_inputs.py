@@ -235,8 +235,8 @@ def test_search_that_fails_in_its_figure_leaves_no_half_output(run, tiny, tmp_pa
     shutil.rmtree(gal)                                     # the gallery images are gone: the figure cannot be drawn
     p = cli("search", "--run", run, "--query", sorted((tiny / "synthetic" / "query").glob("*.png"))[0], "--gallery",
             tmp_path / "g.npz", "--out", tmp_path / "s", "--no-progress", cwd=tmp_path)
-    refused(p, "cannot read image")
     assert not (tmp_path / "s" / "search.json").exists() and not (tmp_path / "s" / "search.png").exists()
+    refused(p, str(gal), "cannot read image")            # names the missing gallery image
 
 
 # --- mismatches: manifests, output folders, configs, an outdated synthetic set --------------------------------------
