@@ -230,11 +230,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def dataset_manifest(ds, hashes: dict | None = None) -> dict:
     """What the pipeline's later stages depend on: split sizes, a SHA-256 fingerprint over every image's relative path and bytes,
     and each image's hash (16 hex digits), with which training and evaluation name an image that changed afterwards."""
-    from reid_nb.data import image_hashes, fingerprint_of, MANIFEST_HASH_DIGITS
+    from reid_nb.data import image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS
     hashes = hashes if hashes is not None else image_hashes(ds)
     return dict(dataset=ds.name, folder=str(ds.root), fingerprint=fingerprint_of(hashes), num_train_pids=ds.num_train_pids,
                 num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)),
-                images={k: v[:MANIFEST_HASH_DIGITS] for k, v in hashes.items()})
+                images={k: v[:MANIFEST_HASH_DIGITS] for k, v in hashes.items()}, labels=dataset_labels(ds))
 
 def check_file_names(ds) -> None:
     """Refuse an image of `ds` whose file name is not UTF-8 text, naming it (its bytes shown as `\\xff`): the manifest
@@ -359,12 +359,15 @@ def _train(args):
 
 def _synth(args):
     from reid_nb.data import make_synthetic
+    from reid_nb.synthetic import synthetic_outdated
     root = Path(args.root)
     if root.exists() and not root.is_dir(): raise NotADirectoryError(f"--root {root}: exists and is not a folder")
     if root.exists() and any(root.iterdir()):
         if not (root / "synthetic.json").is_file():
             raise ValueError(f"{root} is not empty and holds no synthetic set made by reid_nb (no synthetic.json); refusing to replace it")
-        if not args.force: print(f"{root} exists; keeping it (use --force to regenerate)"); return
+        why = synthetic_outdated(root)                         # an older renderer's images: made again, not kept
+        if not args.force and not why: print(f"{root} exists; keeping it (use --force to regenerate)"); return
+        if why and not args.force: print(f"{why}; regenerating it")
     print(f"wrote {make_synthetic(root, seed=args.seed, overwrite=True)}")
 
 def _prepare(args):

@@ -10,9 +10,11 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['ORPHAN', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'pid_alive', 'temp_name', 'sweep_orphans',
-           'atomic_write', 'staging_dir', 'FolderLocked', 'FolderLock', 'dist_info', 'init_distributed', 'barrier',
-           'broadcast', 'field_docs', 'in_notebook', 'check_fields', 'from_mapping', 'add_config_options']
+__all__ = ['ORPHAN', 'MAX_IMAGE_BYTES', 'MAX_LIST_BYTES', 'MAX_FEATURE_BYTES', 'resolve_device', 'configure_cpu', 'auto_on',
+           'amp_dtype', 'pid_alive', 'temp_name', 'sweep_orphans', 'atomic_write', 'staging_dir', 'FolderLocked',
+           'FolderLock', 'dist_info', 'init_distributed', 'barrier', 'broadcast', 'field_docs', 'in_notebook',
+           'check_fields', 'from_mapping', 'add_config_options', 'SpecialFileError', 'FileTooLargeError',
+           'check_regular', 'open_regular', 'read_regular', 'read_text_regular']
 
 # %% ../nbs/28_core.ipynb #b05e2fc4
 def resolve_device(name: str = "auto") -> torch.device:
@@ -267,3 +269,62 @@ def add_config_options(p: argparse.ArgumentParser, cls, skip=(), defaults: dict 
         elif kw["choices"]: p.add_argument(opt, **kw)
         else: p.add_argument(opt, type=lambda s: None if s.lower() == "none" else s, metavar="TEXT", **kw)
     return p
+
+# %% ../nbs/28_core.ipynb #17a66879
+import stat
+
+MAX_IMAGE_BYTES = 256 * 2**20     # an image file: a person crop is 2–50 KB; a 50-megapixel PNG stays under this
+MAX_LIST_BYTES = 256 * 2**20      # a list of images (CSV, JSON, text), a manifest, a config: MSMT17's lists are 6 MB
+MAX_FEATURE_BYTES = 16 * 2**30    # a feature file: MSMT17's 93,820 × 2048 float32 features are 0.8 GB
+
+class SpecialFileError(OSError):
+    "A path that is not a regular file (a FIFO, a device, a socket, a folder, or a link to one) where a file is read."
+
+class FileTooLargeError(OSError):
+    "A file larger than the limit for what it is supposed to be."
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+def _a(what: str) -> str: return f"an {what}" if what[:1] in "aeiou" else f"a {what}"
+
+def _check_stat(path, st: os.stat_result, what: str, max_bytes: int | None):
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise SpecialFileError(f"{path}: is {kind}{link}, not a regular file; {_a(what)} must be a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise FileTooLargeError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} {_a(what)} may have")
+
+def check_regular(path, what: str = "file", max_bytes: int | None = None) -> os.stat_result:
+    """Refuse `path` unless it is a regular file (a link to one is fine) of at most `max_bytes`: `os.stat` only,
+    nothing is opened (opening a FIFO blocks). A missing path is a `FileNotFoundError` naming it."""
+    try: st = os.stat(path)
+    except FileNotFoundError:
+        link = " (a dangling link)" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"{path}: No such file{link}; expected {_a(what)}") from None
+    _check_stat(path, st, what, max_bytes)
+    return st
+
+def open_regular(path, what: str = "file", max_bytes: int | None = None):
+    "`path` opened for reading (binary) after `check_regular`: non-blocking, checked again on the descriptor (no race)."
+    check_regular(path, what, max_bytes)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _check_stat(path, os.fstat(fd), what, max_bytes)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd); raise
+
+def read_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> bytes:
+    "The bytes of the regular file `path`, at most `max_bytes` (one that grows past the limit while read: refused too)."
+    with open_regular(path, what, max_bytes) as f: data = f.read(max_bytes + 1)
+    if len(data) > max_bytes: raise FileTooLargeError(f"{path}: more than the {max_bytes:,} bytes {_a(what)} may have")
+    return data
+
+def read_text_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> str:
+    "The UTF-8 text of the regular file `path` (`read_regular`); text that is not UTF-8 is an error naming the file."
+    try: return read_regular(path, what, max_bytes).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text {what} ({e.reason} at byte {e.start})") from None

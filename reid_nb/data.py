@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 from .download import download_url, safe_extract, check_file, file_hash, parse_checksum, ChecksumError
-from .core import staging_dir
+from .core import (staging_dir, check_regular, read_regular, read_text_regular, MAX_IMAGE_BYTES,
+                          SpecialFileError, FileTooLargeError)
 from .transforms import read_image, BadImageError
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from .synthetic import make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render
+from .synthetic import (make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render,
+                               synthetic_outdated)
 
 _all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
 
@@ -24,8 +26,9 @@ __all__ = ['NAME_PATTERN', 'ANY_CAMS_PATTERN', 'IMAGE_SUFFIXES', 'DATASETS', 'BU
            'SOURCE_FILE', 'MANIFEST_HASH_DIGITS', 'MSMT17_DIRS', 'MSMT17_LISTS', 'MSMT17_LIST_FILES', 'CUSTOM_COLUMNS',
            'CUSTOM_KEYS', 'ARCHIVE_NAMES', 'Record', 'parse_name', 'DatasetInfo', 'dataset_info', 'read_split',
            'ReIDData', 'dataset_dir', 'find_dataset', 'read_dataset', 'archive_path', 'prepare_dataset', 'load_dataset',
-           'image_hashes', 'fingerprint_of', 'dataset_fingerprint', 'check_manifest', 'msmt17_camera',
-           'read_msmt17_list', 'register_custom_datasets', 'make_archive', 'make_synthetic', 'SyntheticConfig']
+           'image_hashes', 'fingerprint_of', 'dataset_fingerprint', 'dataset_labels', 'check_manifest', 'check_outside',
+           'msmt17_camera', 'read_msmt17_list', 'register_custom_datasets', 'make_archive', 'make_synthetic',
+           'SyntheticConfig']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
 class Record(NamedTuple):
@@ -99,6 +102,7 @@ def read_split(folder, num_cams: int | None, keep_distractors: bool, pattern: re
     records, dropped = [], 0
     for p in sorted(folder.iterdir()):
         if p.is_dir() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES: continue   # a broken link is kept: reading it names it
+        if p.exists(): check_regular(p, "image file")         # a FIFO or a device named like an image: never opened
         try: pid, cam = parse_name(p.name, pattern)
         except ValueError as e: raise ValueError(f"{folder}/{e}") from None
         if not 1 <= cam <= (num_cams or cam):
@@ -172,7 +176,7 @@ def _other_layout_error(info: DatasetInfo, folder: Path, hint: str = "") -> File
 def _complete(info: DatasetInfo, folder: Path) -> bool:
     "Whether `folder` holds a whole copy of the dataset in its layout (the files its reader needs, not yet their contents)."
     if info.layout == "msmt17": return _msmt17_dirs(folder) is not None and all((folder/f).is_file() for f in MSMT17_LIST_FILES)
-    if info.layout == "list": return (folder/info.list_file).is_file()
+    if info.layout == "list": return (folder/info.list_file).exists()      # a FIFO or a device there: named when read
     return _has_layout(folder)
 
 def _partly_there(info: DatasetInfo, folder: Path) -> bool:
@@ -225,6 +229,7 @@ def read_dataset(name: str, folder) -> ReIDData:
 def _assemble(info: DatasetInfo, folder: Path, splits: dict, dropped: dict) -> ReIDData:
     "The dataset object: train pids relabelled 0…n-1 in sorted order; a warning when a copy is not the complete release."
     name = info.name
+    _check_rows(name, folder, splits)
     pids = sorted({r.pid for r in splits["train"]})
     relabel = {p: i for i, p in enumerate(pids)}
     train = [r._replace(pid=relabel[r.pid]) for r in splits["train"]]
@@ -241,6 +246,26 @@ def _assemble(info: DatasetInfo, folder: Path, splits: dict, dropped: dict) -> R
     return ds
 
 # %% ../nbs/10_data.ipynb #2953eb7a
+def _check_rows(name: str, where, splits: dict):
+    """The ranking protocol's bookkeeping, for every dataset: no image listed twice (a duplicated row counts twice), and
+    none in both the query and the gallery (a query that finds itself at distance 0). The same bytes under two names are
+    found by `image_hashes`."""
+    seen, twice, both = {}, [], []
+    for split, recs in splits.items():
+        for r in recs:
+            key = os.path.normpath(r.path)
+            if key not in seen: seen[key] = split
+            elif {seen[key], split} == {"query", "gallery"}: both.append(key)
+            else: twice.append(f"{key} ({seen[key]}{'' if seen[key] == split else ' and ' + split})")
+    def first(xs): return ", ".join(xs[:3]) + (f", … ({len(xs) - 3} more)" if len(xs) > 3 else "")
+    if both:
+        _protocol_issue(name, f"{where}: {len(both)} image(s) in both the query and the gallery ({first(both)}): "
+                              "such a query finds itself at distance 0, which inflates R1 and mAP; list each image in "
+                              "one split")
+    if twice:
+        _protocol_issue(name, f"{where}: {len(twice)} image(s) listed more than once ({first(twice)}): a duplicated "
+                              "row counts its image twice; list each image once")
+
 def archive_path(name: str, root) -> Path:
     "Where the archive of `name` is expected: `<data root>/raw/<archive>` (of the releases, the first one that is there)."
     info = dataset_info(name)
@@ -350,11 +375,17 @@ def _prepare_synthetic(folder: Path, progress: bool = True, **kwargs) -> Path:
         raise ValueError(f"{folder} holds a dataset in the Market-1501 layout, but not one that reid_nb generated (no synthetic.json); "
                          "the synthetic set is made only by 'reid-nb synth' / 'reid-nb prepare synthetic': move that folder away, or "
                          "use it under its own dataset name")
-    if kwargs and meta.exists():
-        have = json.loads(meta.read_text())
+    try: have = json.loads(read_text_regular(meta, "marker"))
+    except ValueError: have = {}
+    have = have if isinstance(have, dict) else {}
+    if kwargs:
         diff = {k: (have.get(k), v) for k, v in kwargs.items() if have.get(k) != v}
         if diff: raise ValueError(f"{folder} was generated with other parameters ({', '.join(f'{k}: {a} there, {b} asked' for k, (a, b) in diff.items())}); "
                                   f"delete it or use another root")
+    if why := synthetic_outdated(folder):        # an older renderer's images are another dataset under the same name
+        print(f"{why}; regenerating it")
+        params = {k: have[k] for k in SyntheticConfig.__dataclass_fields__ if k in have}
+        return make_synthetic(folder, overwrite=True, progress=progress, **(params | kwargs))
     return folder
 
 def load_dataset(name: str, root, url: str | None = None, download: bool = False, progress: bool = True,
@@ -370,7 +401,8 @@ def image_hashes(ds: ReIDData, decode: bool = False, progress: bool = False) -> 
              for r in getattr(ds, split)]
     def one(item):
         key, path = item
-        try: digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        try: digest = hashlib.sha256(read_regular(path, "image file", MAX_IMAGE_BYTES)).hexdigest()
+        except (SpecialFileError, FileTooLargeError, FileNotFoundError) as e: return key, None, str(e)
         except OSError as e: return key, None, f"{path}: cannot read ({type(e).__name__}: {e})"
         if decode:
             try: read_image(path)
@@ -385,7 +417,29 @@ def image_hashes(ds: ReIDData, decode: bool = False, progress: bool = False) -> 
     if bad:
         raise BadImageError(f"{ds.name}: {len(bad)} of {len(items)} images cannot be read: " + "; ".join(bad[:3])
                             + (f"; … ({len(bad) - 3} more)" if len(bad) > 3 else "") + ". Replace or remove them, then run the data stage again")
+    _check_same_bytes(ds, out)
     return out
+
+def _public(name: str) -> bool:
+    "Whether `name` is a published dataset (one we neither made nor own), whose quirks are a warning, not an error."
+    info = DATASETS.get(name)
+    return info is not None and not info.custom and name != "synthetic"
+
+def _protocol_issue(name: str, msg: str):
+    "A broken ranking protocol: an error, or for a published dataset (not fixable here) a warning: what, how many."
+    if _public(name): warnings.warn(f"{msg} (a quirk of the published {name}; its numbers are not a clean split's)")
+    else: raise ValueError(msg)
+
+def _check_same_bytes(ds: ReIDData, hashes: dict[str, str]):
+    "The same image (by content) in the query and the gallery finds itself at distance 0: it inflates R1 and mAP."
+    gallery = {}
+    for key, digest in hashes.items():
+        if key.startswith("gallery/"): gallery.setdefault(digest, key)
+    same = [(key, gallery[d]) for key, d in hashes.items() if key.startswith("query/") and d in gallery]
+    if same:
+        _protocol_issue(ds.name, f"{ds.name}: {len(same)} query image(s) have the same bytes as a gallery image ("
+                        + ", ".join(f"{q} = {g}" for q, g in same[:3]) + (", …" if len(same) > 3 else "")
+                        + "): such a query finds itself at distance 0, which inflates R1 and mAP; remove one of each")
 
 def fingerprint_of(hashes: dict[str, str]) -> str:
     "One SHA-256 over `image_hashes`' keys and digests, in order."
@@ -399,15 +453,28 @@ def dataset_fingerprint(ds: ReIDData) -> str:
 
 MANIFEST_HASH_DIGITS = 16
 
-def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = None):
-    "Raise `ValueError` naming the first image that differs from `manifest` (the data stage's JSON: a path, or its dict)."
+def dataset_labels(ds: ReIDData) -> dict[str, list[int]]:
+    "`{'split/relative path': [pid, camid]}` of every image of `ds`, keyed like `image_hashes`: the manifest's labels."
+    return {f"{split}/{Path(r.path).relative_to(ds.root).as_posix()}": [int(r.pid), int(r.camid)]
+            for split in ("train", "query", "gallery") for r in getattr(ds, split)}
+
+def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = None, ds: ReIDData | None = None):
+    """Raise `ValueError` naming the first image that differs from `manifest` (the data stage's JSON: a path, or its
+    dict); with `ds`, also the dataset's name and every image's labels (pid, camid, split), which it records too."""
     where = manifest if not isinstance(manifest, dict) else "the manifest"
     if not isinstance(manifest, dict):
-        try: manifest = json.loads(Path(manifest).read_text())
+        try: manifest = json.loads(read_text_regular(manifest, "manifest"))
         except FileNotFoundError: raise FileNotFoundError(f"{where}: no such manifest; run the data stage (reid-nb prepare … --manifest {where}) first") from None
         except ValueError as e: raise ValueError(f"{where}: not a readable manifest ({e})") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{where}: not a manifest (a JSON object); run the data stage again")
+    if ds is not None and manifest.get("dataset") != ds.name:
+        raise ValueError(f"{where} is the manifest of dataset {manifest.get('dataset')!r}, but this run uses dataset "
+                         f"{ds.name!r}: pass the manifest of {ds.name} (manifests/{ds.name}.json)")
     fp = fingerprint or fingerprint_of(hashes)
-    if manifest.get("fingerprint") == fp: return
+    if manifest.get("fingerprint") == fp:
+        if ds is not None: _check_labels(ds, manifest, where)
+        return
     fix = "the images changed after the data stage; run it again (dvc repro, or reid-nb prepare), or restore the images"
     listed = manifest.get("images") or {}
     for key, digest in hashes.items():
@@ -417,6 +484,33 @@ def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = N
     for key in listed:
         if key not in hashes: raise ValueError(f"{key}: listed in {where}, but missing now: {fix}")
     raise ValueError(f"the images differ from {where} (fingerprint {str(manifest.get('fingerprint'))[:12]}… there, {fp[:12]}… now): {fix}")
+
+def check_outside(ds: ReIDData, path, what: str = "out"):
+    """Refuse an output (a run folder, a metrics file) inside the dataset's folder: the data stage owns that folder (DVC
+    tracks it as the stage's output), and a run written into a split folder mixes the run's files with the images."""
+    if path is None: return
+    p, root = Path(path).resolve(), Path(ds.root).resolve()
+    if p == root or root in p.parents:
+        raise ValueError(f"{what} {path}: lies inside the folder of dataset {ds.name} ({ds.root}); write it outside "
+                         "the dataset (the data stage owns that folder), e.g. under runs/ or metrics/")
+
+def _check_labels(ds: ReIDData, manifest: dict, where):
+    "Refuse labels (pid, camid, split) that differ from the data stage's, naming the first image and how many differ."
+    fix = ("the labels changed after the data stage (a renamed file, an edited list); run the data stage again "
+           "(dvc repro, or reid-nb prepare)")
+    listed = manifest.get("labels")
+    if not isinstance(listed, dict):
+        raise ValueError(f"{where}: records no image labels (it was written by an older reid_nb); run the data stage "
+                         f"again (reid-nb prepare {ds.name} --manifest {where})")
+    now = dataset_labels(ds)
+    diff = [k for k in now if listed.get(k) != now[k]] + [k for k in listed if k not in now]
+    if diff:
+        k, n = diff[0], len(diff)
+        def show(v):
+            if v is None: return "absent"
+            return f"pid {v[0]}, camid {v[1]}" if isinstance(v, list) and len(v) == 2 else repr(v)
+        raise ValueError(f"{k}: labelled {show(now.get(k))} now, {show(listed.get(k))} in {where}"
+                         + (f" ({n - 1} more image(s) differ)" if n > 1 else "") + f": {fix}")
 
 # %% ../nbs/10_data.ipynb #3de16fc0
 MSMT17_DIRS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}   # (train images, test images)
@@ -445,7 +539,7 @@ def msmt17_camera(rel: str) -> int:
 def read_msmt17_list(list_file, images, num_cams: int = 15) -> list[Record]:
     "Records of an MSMT17 list file (lines `RELATIVE/PATH.jpg PID`, paths relative to the folder `images`); camids 0-based."
     list_file, images, out = Path(list_file), Path(images), []
-    for i, line in enumerate(list_file.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text_regular(list_file, "list file").splitlines(), 1):
         if not line.strip(): continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
@@ -470,6 +564,8 @@ def _read_msmt17(info: DatasetInfo, folder: Path) -> dict[str, list[Record]]:
 
 def _check_files(name: str, folder: Path, splits: dict, how: str):
     "An error naming the first few records whose image file is missing, and how many are."
+    for r in (r for recs in splits.values() for r in recs):
+        if os.path.exists(r.path): check_regular(r.path, "image file")      # a FIFO or a device: refused, never opened
     missing = [r.path for recs in splits.values() for r in recs if not os.path.isfile(r.path)]
     if missing:
         raise FileNotFoundError(f"{name}: {len(missing)} image(s) {how} are missing under {folder}: "
@@ -511,7 +607,7 @@ def _read_rows(list_file: Path) -> list[tuple[str, dict]]:
     "`(where, row)` for each image of a custom list: a CSV with the header path,pid,camid,split, or a JSON list of such objects."
     want = ",".join(CUSTOM_COLUMNS)
     if list_file.suffix.lower() == ".json":
-        try: doc = json.loads(list_file.read_text())
+        try: doc = json.loads(read_text_regular(list_file, "list file"))
         except ValueError as e: raise ValueError(f"{list_file}: not valid JSON ({e}); expected a list of objects with keys {want}") from None
         if not isinstance(doc, list): raise ValueError(f"{list_file}: expected a JSON list of objects with keys {want}, got a {type(doc).__name__}")
         rows = []
@@ -520,7 +616,7 @@ def _read_rows(list_file: Path) -> list[tuple[str, dict]]:
                 raise ValueError(f"{list_file}: item {i}: expected an object with exactly the keys {want}, got {row!r}")
             rows.append((f"{list_file}: item {i}", row))
         return rows
-    with open(list_file, newline="") as f:
+    with io.StringIO(read_text_regular(list_file, "list file"), newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
         if sorted(header) != sorted(CUSTOM_COLUMNS):
@@ -535,11 +631,25 @@ def _read_rows(list_file: Path) -> list[tuple[str, dict]]:
     return rows
 
 def _label(v, what: str, where: str):
-    "A pid or camid as written: an int (digits in a CSV are one), or a non-empty name."
+    """A pid or camid as written: an int (digits in a CSV are one), or a non-empty name; a number that is not whole
+    (`1.5`, `2.0`, `1e3`) is refused, not read as a name: it would be a new identity or camera."""
     if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v): v = int(v)
+    if isinstance(v, str):
+        try: float(v); number = v.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
+        except ValueError: number = False
+        if number: raise ValueError(f"{where}: {what} {v!r}: expected a whole number (or a name that is not a number)")
     if isinstance(v, bool) or not isinstance(v, (int, str)) or v == "":
         raise ValueError(f"{where}: {what} {v!r}: expected a whole number or a name")
     return v
+
+def _one_kind(items, i: int, what: str, list_file):
+    "Refuse a column that mixes numbers and names: camera `1` and camera `c1` would be two cameras (or two identities)."
+    nums = [(w, x[i]) for w, x in items if isinstance(x[i], int)]
+    names = [(w, x[i]) for w, x in items if isinstance(x[i], str)]
+    if nums and names:
+        raise ValueError(f"{list_file}: the {what} column mixes numbers ({nums[0][1]!r} at {nums[0][0]}) and names "
+                         f"({names[0][1]!r} at {names[0][0]}; {len(names)} of {len(items)} rows): one {what} written "
+                         f"two ways would count as two; write every {what} the same way")
 
 def _numbering(values) -> dict:
     "Consecutive ints for labels in sorted order (numbers by value, names by text; numbers before names)."
@@ -549,7 +659,7 @@ def _read_custom_list(info: DatasetInfo, folder: Path) -> dict[str, list[Record]
     "The splits of a custom list: pids kept when all are numbers ≥ 0 (else numbered in sorted order), camids 0-based in sorted order."
     list_file = folder/info.list_file
     rows, base = _read_rows(list_file), list_file.parent
-    items = []
+    items, wheres = [], []
     for where, row in rows:
         split = row["split"]
         if split not in SPLITS: raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
@@ -557,7 +667,8 @@ def _read_custom_list(info: DatasetInfo, folder: Path) -> dict[str, list[Record]
         if not path or not _relative(path): raise ValueError(f"{where}: path {path!r}: expected a path relative to {base}")
         pid, cam = _label(row["pid"], "pid", where), _label(row["camid"], "camid", where)
         if isinstance(pid, int) and pid < 0: raise ValueError(f"{where}: pid {pid}: expected a number ≥ 0 or a name")
-        items.append((split, str(base/path), pid, cam))
+        items.append((split, str(base/path), pid, cam)); wheres.append(where)
+    for i, what in ((2, "pid"), (3, "camid")): _one_kind(list(zip(wheres, items)), i, what, list_file)
     pids = {p for _, _, p, _ in items}
     pid_of = {p: p for p in pids} if all(isinstance(p, int) for p in pids) else _numbering(pids)
     cam_of = _numbering(c for _, _, _, c in items)

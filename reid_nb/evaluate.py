@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_evaluate.ipynb #d7457fe1
 from __future__ import annotations
-import dataclasses, json, math, time
+import dataclasses, hashlib, json, math, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -13,15 +13,17 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS, upgrade_config, upgrade_state_dict
 from .backbone import check_fits
-from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
+from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
 from .provenance import environment
 from .loader import DATA_PATHS, eval_batches
 from .metrics import compute_distance, evaluate_rank
 from .rerank import re_ranking
 from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed, check_fields, from_mapping
+from .core import read_text_regular
 
 # %% auto #0
-__all__ = ['check_variant', 'load_model', 'extract_features', 'EvalConfig', 'info_path', 'topk_ranking', 'evaluate_run']
+__all__ = ['check_variant', 'check_record', 'load_model', 'extract_features', 'EvalConfig', 'info_path', 'write_metrics',
+           'topk_ranking', 'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
 def check_variant(meta: dict, where="config.json"):
@@ -38,6 +40,37 @@ def check_variant(meta: dict, where="config.json"):
         raise ValueError(f"{where}: says variant {v!r}, but its model_config is another architecture ("
                          + ", ".join(f"{k}: {a!r}, {v!r} has {b!r}" for k, (a, b) in diff.items()) + "); its metrics would carry the wrong label")
 
+def check_record(meta: dict, run_dir, where="config.json"):
+    """Refuse a `config.json` whose settings that shape the model disagree with the run's training record: its
+    `train_config` (input_size, width, variant, dataset) and, when the folder still holds it, the last checkpoint's
+    own copy of the config (`last.safetensors`). An edited `input_size` would otherwise be used as is: the weights
+    fit, the numbers are not the run's."""
+    mc, tc, diff = meta.get("model_config") or {}, meta.get("train_config") or {}, []
+    def norm(v):                                                   # 1 and 1.0, a list and a tuple: the same setting
+        return [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v) if isinstance(v, (int, float)) else v
+    for k in ("input_size", "width"):
+        if k in tc and k in mc and norm(tc[k]) != norm(mc[k]):
+            diff.append(f"model_config.{k} {mc[k]!r} but train_config.{k} {tc[k]!r}")
+    for k in ("variant", "dataset"):
+        if k in tc and k in meta and tc[k] != meta[k]: diff.append(f"{k} {meta[k]!r} but train_config.{k} {tc[k]!r}")
+    last = Path(run_dir) / "last.safetensors"
+    if not diff and last.is_file():
+        from safetensors import safe_open
+        try:
+            with safe_open(str(last), framework="pt") as f:
+                saved = json.loads((f.metadata() or {}).get("reid_nb", "{}"))
+        except Exception: saved = {}                                   # an unreadable checkpoint: resume's business
+        smc = upgrade_config(saved.get("model_config") or {})
+        for k in ("variant", "num_classes"):
+            if k in saved and saved[k] != meta.get(k):
+                diff.append(f"{k} {meta.get(k)!r} but {last.name} has {saved[k]!r}")
+        diff += [f"model_config.{k} {mc.get(k)!r} but {last.name} has {v!r}"
+                 for k, v in smc.items() if norm(mc.get(k)) != norm(v)]
+    if diff:
+        raise ValueError(f"{where}: does not match the run's training record ({'; '.join(diff[:3])}"
+                         + (f"; {len(diff) - 3} more" if len(diff) > 3 else "")
+                         + "): was it edited? Restore it, or train the run again")
+
 def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     "Rebuild the model of a finished training run and load its weights; returns `(model in eval mode, config dict)`."
     from safetensors.torch import load_file
@@ -45,12 +78,15 @@ def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
     cfg_path, w_path = run_dir / "config.json", run_dir / "model.safetensors"
     for p in (cfg_path, w_path):
         if not p.is_file(): raise FileNotFoundError(f"{p}: missing — is {run_dir} a finished training run (reid-nb train --out {run_dir})?")
-    try: meta = json.loads(cfg_path.read_text())
+    try: meta = json.loads(read_text_regular(cfg_path, "run config"))
     except ValueError as e: raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_path}: not a JSON object; is it a config.json written by reid-nb train?")
     missing = [k for k in ("variant", "num_classes", "model_config") if k not in meta]
     if missing: raise ValueError(f"{cfg_path}: lacks {', '.join(missing)}; is it a config.json written by reid-nb train?")
     meta["model_config"] = upgrade_config(meta["model_config"])       # a run saved before attention was chosen by name
     check_variant(meta, cfg_path)
+    check_record(meta, run_dir, cfg_path)
     model = model_from_config(meta["model_config"], meta["num_classes"])   # no backbone download: the weights come next
     try: sd = load_file(str(w_path))
     except Exception as e:
@@ -138,6 +174,15 @@ def info_path(metrics_out) -> Path:
     p = Path(metrics_out)
     return p.parent / "runs" / p.name
 
+def write_metrics(metrics_out, metrics: dict, info: dict):
+    """Write the metrics and their run information as one pair: both are serialised before either file is touched,
+    and the run information records the SHA-256 of the metrics file's text (`metrics_sha256`), so that a pair cut
+    apart (a kill between the two renames, a full disk) is named by the report instead of merged."""
+    text = json.dumps(metrics, indent=2)
+    info_text = json.dumps(dict(info, metrics_sha256=hashlib.sha256(text.encode()).hexdigest()), indent=2)
+    atomic_write(info_path(metrics_out), lambda tmp: Path(tmp).write_text(info_text))
+    atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(text))
+
 def _per_query(r: dict, num_query: int) -> list:
     "Average precision of every query (None for a query without a correct match): what a paired bootstrap over queries resamples."
     ap = [None] * num_query
@@ -169,7 +214,8 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     rank, _, _ = dist_info()
     hashes = image_hashes(ds) if rank == 0 else None
     fp = fingerprint_of(hashes) if rank == 0 else None
-    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp)
+    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp, ds)
+    for what, p in (("metrics", metrics_out), ("ranking", ranking_out)): check_outside(ds, p, what)
     input_size = tuple(meta["model_config"]["input_size"])
     t0 = time.time()
     kw = dict(input_size=input_size, device=dev, batch_size=batch_size, flip=flip, num_workers=num_workers, progress=progress,
@@ -197,8 +243,7 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     info["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
     seconds = dict(features=t_feat, rerank=time.time() - t1)
     if rank == 0 and metrics_out:   # metrics alone (what `dvc metrics show/diff` compare), the rest beside them; no wall times
-        atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
-        atomic_write(info_path(metrics_out), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        write_metrics(metrics_out, metrics, info)
         own = dataset == meta.get("dataset", "synthetic")       # a cross-domain evaluation keeps its own summary
         summary = Path(run_dir) / ("eval_summary.json" if own else f"eval_summary-{dataset}.json")
         atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(dict(

@@ -4,17 +4,17 @@
 
 # %% ../nbs/35_infer.ipynb #e3aa7375
 from __future__ import annotations
-import json
+import json, os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import atomic_write, resolve_device
+from .core import atomic_write, resolve_device, check_regular, open_regular, read_text_regular, MAX_FEATURE_BYTES
 from .data import IMAGE_SUFFIXES, NAME_PATTERN, Record
 from .evaluate import EvalConfig, extract_features, load_model
 from .metrics import compute_distance
-from .transforms import filter_readable
+from .transforms import filter_readable, read_image
 
 # %% auto #0
 __all__ = ['image_paths', 'camid_from_name', 'extract', 'save_features', 'load_features', 'search', 'plot_search', 'save_search']
@@ -25,10 +25,12 @@ def image_paths(source) -> list[Path]:
     src = Path(source)
     if src.is_dir():
         paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + (".bmp", ".webp") and not p.is_dir())
-    elif src.is_file():
-        lines = [l.split("#", 1)[0].strip() for l in src.read_text().splitlines()]
+    elif src.exists():
+        lines = [l.split("#", 1)[0].strip() for l in read_text_regular(src, "list file of images").splitlines()]
         paths = [p if p.is_absolute() else src.parent / p for p in map(Path, filter(None, lines))]
     else: raise FileNotFoundError(f"{src}: no such folder or list file of images")
+    for p in paths:                      # a FIFO or a device named like an image: refused (a dangling link: skipped)
+        if os.path.exists(p): check_regular(p, "image file")
     if not paths: raise ValueError(f"{src}: holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, .bmp, .webp)")
     return paths
 
@@ -43,6 +45,11 @@ def extract(run, images, batch_size: int = 128, device: str = "auto", flip: bool
     """Features of `images` (a folder, a list file, or a list of paths) by the trained run in folder `run`: a dict with `features`
     (N × D float32), `paths` (N), `bad` (the `(path, reason)` of the unreadable images, which have no row), `camids` (N, or None),
     and the run's `variant` and `input_size`. `loaded`: the run's `(model, config)` from `load_model`, when the caller has it already."""
+    for k, v in (("batch_size", batch_size), ("chunk", chunk)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k}={v!r}: expected a positive integer")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r}: expected an integer ≥ 0")
     dev = resolve_device(device)
     model, meta = loaded or load_model(run, dev)                         # the run first: a wrong run folder is named before anything runs
     paths = [Path(p) for p in images] if isinstance(images, (list, tuple)) else image_paths(images)
@@ -52,6 +59,11 @@ def extract(run, images, batch_size: int = 128, device: str = "auto", flip: bool
                               progress=progress, desc=f"features {a + 1}-{min(a + chunk, len(good))} of {len(good)}").cpu()
              for a in range(0, len(good), chunk)]
     f = torch.cat(feats) if feats else torch.zeros(0, model.feature_dim)
+    if not (ok := torch.isfinite(f).all(dim=1)).all():
+        n = int((~ok).sum())
+        first = good[int((~ok).nonzero()[0])].path
+        raise FloatingPointError(f"{run}: the model gives non-finite features (NaN or inf) for {n} of {len(f)} images "
+                                 f"(first: {first}); its weights are not finite? Train the run again")
     if normalize: f = torch.nn.functional.normalize(f, dim=1)
     return dict(features=f.numpy().astype(np.float32), paths=[r.path for r in good], bad=bad,
                 camids=np.array([r.camid for r in good], dtype=np.int64) if camids else None,
@@ -69,21 +81,48 @@ def save_features(result: dict, out) -> Path:
     return atomic_write(out, write)
 
 def load_features(path) -> dict:
-    "A feature file written by `save_features`: `features`, `paths` (list of str) and `camids` (or None)."
+    """A feature file written by `save_features`: `features`, `paths` (list of str) and `camids` (or None). A regular
+    file under `MAX_FEATURE_BYTES`, a zip archive by its first bytes (never handed to numpy's pickle loader), and
+    arrays that agree: `features` N × D floating point and finite, `paths` N names, `camids` N integers. Each failure
+    is one line naming the file."""
     import zipfile
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such feature file")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not hasattr(z, "files"): raise ValueError("it holds a single array, not named arrays")
-        with z:
-            missing = {"features", "paths"} - set(z.files)
-            if not missing:
-                return dict(features=z["features"].astype(np.float32), paths=[str(p) for p in z["paths"]],
-                            camids=z["camids"] if "camids" in z.files else None)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz feature file ({e})") from None
-    raise ValueError(f"{path}: lacks {', '.join(sorted(missing))}; is it a feature file of reid-nb extract?")
+    if not path.exists() and not path.is_symlink(): raise FileNotFoundError(f"{path}: no such feature file")
+    with open_regular(path, "feature file", MAX_FEATURE_BYTES) as f:
+        head = f.read(4); f.seek(0)
+        if head[:2] != b"PK":
+            kind = "a single .npy array" if head == b"\x93NUM" else "empty" if not head else "not a zip archive"
+            raise ValueError(f"{path}: not a .npz feature file ({kind}); write one with reid-nb extract --out FILE.npz")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if missing := {"features", "paths"} - set(z.files):
+                    raise LookupError(f"{path}: lacks {', '.join(sorted(missing))}; is it a feature file of reid-nb "
+                                      "extract?")
+                feats, paths, camids = z["features"], z["paths"], z["camids"] if "camids" in z.files else None
+        except LookupError as e: raise ValueError(str(e)) from None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            why = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {why})") from None
+    return _checked_features(path, feats, paths, camids)
+
+def _checked_features(path, feats: np.ndarray, paths: np.ndarray, camids) -> dict:
+    "The arrays of a feature file, refused (naming the file and what is wrong) unless shapes, kinds and values agree."
+    if feats.ndim != 2 or feats.dtype.kind != "f" or feats.shape[1] < 1:
+        raise ValueError(f"{path}: features is a {feats.dtype} array of shape {feats.shape}; expected N × D floating "
+                         "point")
+    if paths.ndim != 1 or paths.dtype.kind != "U":
+        raise ValueError(f"{path}: paths is a {paths.dtype} array of shape {paths.shape}; expected N file names")
+    if len(paths) != len(feats):
+        raise ValueError(f"{path}: {len(feats)} feature rows but {len(paths)} paths; expected one row per path "
+                         "(a damaged or edited file)")
+    if not np.isfinite(feats).all():
+        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        raise ValueError(f"{path}: {len(bad)} of {len(feats)} feature rows are not finite (NaN or inf; first: "
+                         f"{paths[bad[0]]}); extract them again with a finite model")
+    if camids is not None and (camids.shape != (len(feats),) or camids.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: camids is a {camids.dtype} array of shape {camids.shape}; expected {len(feats)} "
+                         "integers")
+    return dict(features=feats.astype(np.float32), paths=[str(p) for p in paths], camids=camids)
 
 # %% ../nbs/35_infer.ipynb #da456e5b
 def search(run, queries, gallery, topk: int = 10, metric: str = EvalConfig.metric, **kw) -> list[dict]:
@@ -108,11 +147,10 @@ def search(run, queries, gallery, topk: int = 10, metric: str = EvalConfig.metri
 def plot_search(results: list[dict], thumb=(128, 64)):
     "A matplotlib figure of `search` results: one row per query, the query then its top-k with their distances."
     import matplotlib.pyplot as plt
-    from PIL import Image
     k = max(len(r["top"]) for r in results)
     fig, axes = plt.subplots(len(results), k + 1, figsize=(1.1 * (k + 1), 2.3 * len(results)), squeeze=False)
     def show(ax, path, title, colour):
-        with Image.open(path) as im: ax.imshow(im.convert("RGB").resize((thumb[1], thumb[0])))
+        ax.imshow(read_image(path).resize((thumb[1], thumb[0])))         # a bounded regular image file, or an error
         ax.set_title(title, fontsize=7); ax.set_xticks([]); ax.set_yticks([])
         for s in ax.spines.values(): s.set_color(colour); s.set_linewidth(2.5)
     for row, r in zip(axes, results):
@@ -124,10 +162,15 @@ def plot_search(results: list[dict], thumb=(128, 64)):
     return fig
 
 def save_search(results: list[dict], out_dir) -> tuple[Path, Path]:
-    "Write `results` as `OUT/search.json` and their figure as `OUT/search.png`."
+    """Write `results` as `OUT/search.json` and their figure as `OUT/search.png`. The figure is drawn first, in memory:
+    when it fails (an image gone or unreadable), neither file is written, so no half of an output is left."""
+    import io
     import matplotlib.pyplot as plt
+    fig = plot_search(results)
+    try:
+        png = io.BytesIO(); fig.savefig(png, format="png", dpi=110)
+    finally: plt.close(fig)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "search.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    fig = plot_search(results)
-    atomic_write(out / "search.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110)); plt.close(fig)
+    atomic_write(out / "search.png", lambda tmp: Path(tmp).write_bytes(png.getvalue()))
     return out / "search.json", out / "search.png"

@@ -47,11 +47,15 @@ DATASET_LABELS = {"market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID", "syn
 def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
     """One row per metrics JSON in `metrics_dir` (with its run information from `metrics_dir/runs/`, see `31_evaluate`): variant, dataset, seed, profile, mAP/R1/R5/R10/mINP in %, re-ranked mAP/R1, params,
     GFLOPs, the run folder's name (`run`) and the provenance blocks (`environment`, `train_environment`)."""
+    import hashlib
     rows = []
     for f in sorted(Path(metrics_dir).glob("*.json")):
         m, info = json.loads(f.read_text()), Path(metrics_dir) / "runs" / f.name       # the metrics, and beside them what made them
         if info.is_file():
             i = json.loads(info.read_text())
+            if i.get("metrics_sha256") not in (None, hashlib.sha256(f.read_bytes()).hexdigest()):   # 31_evaluate
+                raise ValueError(f"{f}: its run information {info} is of another evaluation (a run stopped between "
+                                 "writing the two?); rerun the evaluate stage")
             m = {**i, **m} | ({"rerank": {**(i.get("rerank") or {}), **m["rerank"]}} if "rerank" in m else {})
         if "mAP" not in m: continue                                                    # not a metrics file
         if "variant" not in m: raise FileNotFoundError(f"{f}: its run information {info} is missing (evaluate writes both; "

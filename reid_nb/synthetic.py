@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['GAMMA_LEVELS', 'Identity', 'make_identity', 'Camera', 'make_camera', 'gamma_curve', 'render', 'SyntheticConfig',
-           'synthetic_plan', 'make_synthetic']
+__all__ = ['GAMMA_LEVELS', 'SYNTHETIC_VERSION', 'MARKER', 'Identity', 'make_identity', 'Camera', 'make_camera', 'gamma_curve',
+           'render', 'SyntheticConfig', 'synthetic_plan', 'synthetic_outdated', 'make_synthetic']
 
 # %% ../nbs/11_synthetic.ipynb #4ceb1264
 _TOPS = [(200, 30, 40), (30, 60, 170), (240, 240, 235), (25, 25, 30), (40, 140, 60), (235, 200, 40),
@@ -271,6 +271,22 @@ def synthetic_plan(cfg: SyntheticConfig) -> list[tuple[str, int, int, str]]:
         plan.append(("bounding_box_test", -1, int(rng.integers(cfg.num_cams)), str(rng.choice(["upper", "lower"]))))
     return plan
 
+# %% ../nbs/11_synthetic.ipynb #37966842
+SYNTHETIC_VERSION = 2     # raised with every change that moves a pixel (1: numpy's vectorised gamma; 2: gamma_curve)
+MARKER = "synthetic.json"
+
+def synthetic_outdated(root) -> str | None:
+    "Why the synthetic set in `root` is not what this code makes (another renderer, an unreadable marker), or None."
+    marker = Path(root) / MARKER
+    try: have = json.loads(marker.read_text()) if marker.is_file() else None
+    except (OSError, ValueError): have = None
+    if not isinstance(have, dict): return f"{root}: its {MARKER} cannot be read"
+    v = have.get("version")
+    if v != SYNTHETIC_VERSION:
+        was = v if v is not None else "1 (before versions were recorded)"
+        return f"{root}: made by synthetic renderer version {was}, this reid_nb renders version {SYNTHETIC_VERSION}"
+    return None
+
 # %% ../nbs/11_synthetic.ipynb #5b07154d
 def make_synthetic(root, seed: int = 0, overwrite: bool = False, progress: bool = False, **kwargs) -> Path:
     "Write the synthetic ReID dataset (Market-1501 layout) into folder `root`; kwargs are `SyntheticConfig` fields."
@@ -300,7 +316,8 @@ def make_synthetic(root, seed: int = 0, overwrite: bool = False, progress: bool 
             frame[c] += int(rng.integers(1, 50))
             name = f"{'-1' if pid < 0 else f'{pid:04d}'}_c{c + 1}s1_{frame[c]:06d}_01.png"
             Image.fromarray(img).save(tmp/folder/name, optimize=False, compress_level=6)
-        (tmp/"synthetic.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+        marker = dict(generator="reid_nb.synthetic", version=SYNTHETIC_VERSION, **asdict(cfg))
+        (tmp/MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         if root.exists(): shutil.rmtree(root)
         os.replace(tmp, root)
     finally:

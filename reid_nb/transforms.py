@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_transforms.ipynb #b57b7eed
 from __future__ import annotations
-import math, os, warnings
+import io, math, os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 import numpy as np
@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
+from .core import read_regular, MAX_IMAGE_BYTES, SpecialFileError, FileTooLargeError
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MAX_PIXELS', 'build_transforms', 'BadImageError', 'read_image', 'filter_readable',
@@ -50,21 +51,27 @@ MAX_PIXELS = 50_000_000      # a person crop is a few thousand to ~100,000 pixel
 _PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 def _open_checked(path) -> Image.Image:
-    "Open `path` (header only) and refuse an image of more than `MAX_PIXELS` before its pixels are decoded."
+    """Open `path` (header only) and refuse an image of more than `MAX_PIXELS` before its pixels are decoded. The
+    file is read with `core.read_regular` first: a FIFO, a device or a file over `MAX_IMAGE_BYTES` named like an
+    image is refused, never waited on."""
+    data = io.BytesIO(read_regular(path, "image file", MAX_IMAGE_BYTES))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)       # our own limit, below, is lower
-        im = Image.open(path)
+        im = Image.open(data)
     if im.width * im.height > MAX_PIXELS:
         im.close()
         raise ValueError(f"{im.width}×{im.height} pixels is more than MAX_PIXELS={MAX_PIXELS:,} (a decompression bomb, or not a person crop)")
     return im
 
 def read_image(path) -> Image.Image:
-    "The RGB image at `path`, fully decoded; any failure (a corrupt, empty or huge file, a dangling link) is a `BadImageError` naming it."
+    """The RGB image at `path`, fully decoded; any failure (a corrupt, empty or huge file, a dangling link, a FIFO or a
+    device) is a `BadImageError` naming it."""
     try:
         with _open_checked(path) as im:
             im.load()
             return im.convert("RGB")
+    except (SpecialFileError, FileTooLargeError, FileNotFoundError) as e:   # what the path is, after the path
+        raise BadImageError(f"{path}: cannot read image ({str(e).removeprefix(f'{path}: ')})") from e
     except _PIL_ERRORS as e:
         raise BadImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
@@ -73,7 +80,7 @@ def filter_readable(records: Sequence, warn: bool = True) -> tuple[list, list[tu
     good, bad = [], []
     for r in records:
         try: read_image(r.path); good.append(r)
-        except BadImageError as e: bad.append((str(r.path), str(e.__cause__)))
+        except BadImageError as e: bad.append((str(r.path), str(e.__cause__).removeprefix(f"{r.path}: ")))
     if bad and warn:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(records)}: "
                       + "; ".join(p for p, _ in bad[:5]) + (" …" if len(bad) > 5 else ""))

@@ -294,7 +294,7 @@ def test_params_custom_registers_the_name_for_the_cli(tmp_path):
     from reid_nb.cli import read_params, load_params
     from PIL import Image
     folder = write_list(tmp_path / "data" / "lab", LAB)
-    for p, *_ in LAB: Image.new("RGB", (16, 32), (40, 80, 120)).save(folder / p, "JPEG")
+    for i, (p, *_) in enumerate(LAB): Image.new("RGB", (16, 32), (40 + 20 * i, 80, 120)).save(folder / p, "JPEG")   # distinct images
     params = tmp_path / "params.yaml"
     params.write_text(f"datasets: [synthetic, lab]\ndata:\n  root: {tmp_path / 'data'}\n  custom:\n    lab: {{list: lab.csv}}\n")
     assert read_params(params)["datasets"] == ["synthetic", "lab"] and D.dataset_info("lab").list_file == "lab.csv"
