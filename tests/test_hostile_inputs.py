@@ -27,6 +27,7 @@ def cli(*args, cwd, timeout=None):
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([str(a) for a in args])
+    except SystemExit as e: rc = e.code            # argparse refuses an option out of its range before main's handler
     finally: os.chdir(here)
     return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
