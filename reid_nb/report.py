@@ -13,12 +13,13 @@ from .models import VARIANTS
 from .provenance import cpu_summary
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'FSAFC_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS',
-           'VARIANT_COLORS', 'VariantLabels', 'load_metrics', 'load_query_ap', 'report_inputs', 'check_report_inputs',
-           'table1', 'split_constant', 'caption', 'to_markdown', 'save_table', 'welch_interval', 'paired_bootstrap',
-           'difference', 'table2', 'ablation_steps', 'ablation_statement', 'cross_domain', 'environments', 'styled',
-           'hue_kw', 'plot_cmc', 'load_logs', 'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval',
-           'plot_attention', 'report_html', 'run_report']
+__all__ = ['PUBLISHED', 'FSAFC_ABLATION', 'VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'HEADERS',
+           'VARIANT_COLORS', 'RIGHT', 'WRONG', 'HIDE', 'VariantLabels', 'load_metrics', 'load_query_ap',
+           'report_inputs', 'check_report_inputs', 'table1', 'split_constant', 'caption', 'to_markdown', 'save_table',
+           'welch_interval', 'paired_bootstrap', 'difference', 'table2', 'ablation_steps', 'ablation_statement',
+           'readable', 'table1_markdown', 'published_ablation', 'cross_domain', 'environments', 'styled', 'hue_kw',
+           'plot_cmc', 'load_logs', 'plot_training', 'plot_data', 'pick_queries', 'plot_retrieval', 'attention_scale',
+           'plot_attention', 'report_title', 'report_html', 'run_report']
 
 # %% ../nbs/33_report.ipynb #70c9ee01
 PUBLISHED = [
@@ -142,7 +143,8 @@ def caption(title: str, text: str = "", constant: dict | None = None) -> str:
     same = "; ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in (constant or {}).items())
     return f"**{title}** {text}".strip() + (f" Every row: {same}." if same else "")
 
-COLUMN_FORMATS = {"params_M": ".2f", "GFLOPs": ".3g"}   # a slim 64×32 model has ~0.02 GFLOPs: one decimal would print 0.0
+# a slim 64×32 model has ~0.02 GFLOPs: one decimal would print 0.0
+COLUMN_FORMATS = {"params_M": ".2f", "params (M)": ".2f", "GFLOPs": ".3g"}
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f", formats: dict | None = None) -> str:
     "A GitHub-flavoured Markdown table (missing values as '—'); floats as `floatfmt`, or `formats[column]` (default `COLUMN_FORMATS`)."
@@ -154,11 +156,15 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f", formats: dict | None = 
     lines += ["| " + " | ".join(fmt(v, c) for v, c in zip(row, cols)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
-def save_table(df: pd.DataFrame, out_dir, name: str, caption: str = "", shown: pd.DataFrame | None = None) -> tuple[Path, Path]:
-    "Write `name.csv` (every column of `df`) and `name.md` (`caption`, then `shown`, by default `df`) into `out_dir`."
+def save_table(df: pd.DataFrame, out_dir, name: str, caption: str = "", shown: pd.DataFrame | None = None,
+               body: str | None = None) -> tuple[Path, Path]:
+    """Write `name.csv` (every column of `df`) and `name.md` (`caption`, then `body`, or else the table `shown`, by
+    default `df`)
+    into `out_dir`."""
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / f"{name}.csv", index=False)
-    (out_dir / f"{name}.md").write_text((f"{caption}\n\n" if caption else "") + to_markdown(df if shown is None else shown))
+    (out_dir / f"{name}.md").write_text((f"{caption}\n\n" if caption else "")
+                                       + (body if body is not None else to_markdown(df if shown is None else shown)))
     return out_dir / f"{name}.csv", out_dir / f"{name}.md"
 
 # %% ../nbs/33_report.ipynb #59cb5995
@@ -225,10 +231,12 @@ def difference(df: pd.DataFrame, variant: str, reference: str = "baseline", data
 
 def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS), reference: str = "baseline", level: float = 0.95) -> pd.DataFrame:
     """The ablation, one row per (dataset, variant): `n` seeds, mean mAP and its standard deviation over seeds, R1/R5/mINP and re-ranked
-    mAP/R1 (means), the mAP difference from `reference` with its `level` interval (`difference`), params, GFLOPs, the published number."""
+    mAP/R1 (means), the mAP difference from `reference` with its `level` interval (`difference`), params, GFLOPs, and in
+    Market-1501's rows
+    the published number (`published_ablation` lists them apart, for a table of other data)."""
     out = []
     for (ds, v), g in df.groupby(["dataset", "variant"], sort=False):
-        r, pub = g.iloc[0], FSAFC_ABLATION.get(v)
+        r, pub = g.iloc[0], FSAFC_ABLATION.get(v) if ds == "market1501" else None   # published: Market-1501 only
         has_ref = v != reference and (df[df.dataset == ds].variant == reference).any()
         d = difference(df, v, reference, ds, level) if has_ref else dict(delta=None, lo=None, hi=None, interval="—", distinguishable="—")
         out.append(dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset=DATASET_LABELS.get(ds, ds), profile=r.profile, n=len(g),
@@ -270,6 +278,57 @@ def ablation_statement(steps: pd.DataFrame, level: float = 0.95) -> str:
                 "of such tables would still show at least one distinguishable step; and not distinguishable is not the same as no effect.")
     if len(unjudged): out += " Without an interval: " + "; ".join(f"{r.step} ({r.interval})" for r in unjudged.itertuples()) + "."
     return out
+
+# %% ../nbs/33_report.ipynb #a7c3e1d0
+HEADERS = dict(n="seeds", mAP="mAP (%)", mAP_sd="sd of mAP", R1="R1 (%)", R5="R5 (%)", mINP="mINP (%)",
+               rr_mAP="re-ranked mAP (%)", rr_R1="re-ranked R1 (%)", params_M="params (M)",
+               published_mAP="published mAP (%)",
+               published_R1="published R1 (%)", trained_on="trained on", tested_on="tested on", in_domain="in domain")
+
+def _delta(d, lo, hi) -> str:
+    "A difference in mAP points with its interval, '+9.0 [+1.4, +16.7]'; '—' without a difference."
+    if d is None or (isinstance(d, float) and math.isnan(d)): return "—"
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi): return f"{d:+.1f} (no interval)"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+def readable(df: pd.DataFrame, delta: str = "Δ mAP vs baseline [95% CI]") -> pd.DataFrame:
+    """`df` (a table's shown columns) with the headers a reader of the papers expects (`HEADERS`): the mAP difference
+    and its interval (`delta_mAP`, `delta_lo`, `delta_hi`) become one column named `delta`. The CSVs keep the
+    machine-friendly names."""
+    out = df.copy()
+    if "delta_mAP" in out:
+        lo, hi = (out[c] if c in out else pd.Series(math.nan, index=out.index) for c in ("delta_lo", "delta_hi"))
+        at = list(out.columns).index("delta_mAP")
+        vals = [_delta(*(None if v is None else float(v) for v in t)) for t in zip(out.delta_mAP, lo, hi)]
+        out = out.drop(columns=[c for c in ("delta_mAP", "delta_lo", "delta_hi") if c in out])
+        out.insert(at, delta, vals)
+    return out.rename(columns=HEADERS)
+
+def table1_markdown(t: pd.DataFrame) -> str:
+    """Table 1 as a reader sees it: per dataset, the published rows and ours as two labelled blocks, each its own table,
+    so a number measured here never sits in a list of published ones."""
+    parts = []
+    for ds, g in t.groupby("dataset", sort=False):
+        pub, ours = g[g.measured == "published"], g[g.measured != "published"]
+        if len(pub):
+            parts.append(f"**{ds}: published** (as printed in the papers)\n\n"
+                         + to_markdown(pub[["method", "mAP", "R1", "source"]].rename(columns=HEADERS)))
+        if len(ours):
+            note = "" if len(pub) else " (no paper reports this dataset: compare these rows with each other only)"
+            shown = ours.assign(method=ours.method.str.removeprefix("ours: "))
+            shown = shown[["method", "mAP", "R1", "measured", "source"]]
+            shown = shown.rename(columns=dict(HEADERS, measured="trained"))
+            parts.append(f"**{ds}: this repository**{note}\n\n" + to_markdown(shown))
+    return "\n".join(parts)
+
+def published_ablation(variants=None) -> pd.DataFrame:
+    "The ablation's Market-1501 numbers as published (FSAFC-Net's Tables 2 and 1, the RGA paper), one row a variant."
+    src = dict(full="An, Lim, He, Kang, Table 1", rga_sc="Zhang et al., CVPR 2020 (RGA paper)")
+    rows = [dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset="Market-1501", mAP=m, R1=r,
+                 source=src.get(v, "An, Lim, He, Kang, Table 2")) for v, (m, r) in FSAFC_ABLATION.items()
+            if variants is None or v in variants]
+    return pd.DataFrame(rows, columns=["variant", "model", "dataset", "mAP", "R1", "source"])
+
 
 # %% ../nbs/33_report.ipynb #4d25235a
 def cross_domain(cross: pd.DataFrame, df: pd.DataFrame, order=tuple(VARIANT_LABELS), tolerance: float = 0.05) -> pd.DataFrame:
@@ -355,14 +414,14 @@ def load_logs(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 def plot_training(logs: pd.DataFrame):
-    "Loss, triplet loss and training accuracy per epoch of every model (its seeds: mean ± one standard deviation)."
+    "Loss, triplet loss and training accuracy per epoch of every model (mean ± sd over its seeds); a legend per panel."
     import seaborn as sns, matplotlib.pyplot as plt
     logs = styled(logs)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for ax, col, title in zip(axes, ("loss", "triplet", "acc"), ("total loss", "triplet loss", "training accuracy (ID)")):
-        sns.lineplot(data=logs, x=logs.epoch + 1, y=col, marker="o", markersize=3, errorbar="sd", ax=ax, legend=ax is axes[-1], **hue_kw(logs))
+        sns.lineplot(data=logs, x=logs.epoch + 1, y=col, marker="o", markersize=3, errorbar="sd", ax=ax, **hue_kw(logs))
         ax.set(xlabel="epoch", ylabel=col, title=title)
-    axes[-1].legend(fontsize=7)
+        ax.legend(fontsize=9, title=None, framealpha=0.85, loc="lower right" if col == "acc" else "upper right")
     fig.tight_layout()
     return fig
 
@@ -378,9 +437,12 @@ def plot_data(logs: pd.DataFrame, column: str, variants=None) -> dict[str, pd.Da
         out[ds] = t.rename_axis(None, axis=1).reset_index()
     return out
 
-def _framed(ax, img, color, lw=4):
+RIGHT, WRONG = "#0072b2", "#d55e00"   # Okabe–Ito blue and vermilion: told apart with any colour vision (and ✓/✗ too)
+
+def _framed(ax, img, color, lw=4, ls="-"):
     ax.imshow(img); ax.set_xticks([]); ax.set_yticks([])
-    for s in ax.spines.values(): s.set_edgecolor(color); s.set_linewidth(lw)
+    for s in ax.spines.values():
+        s.set_edgecolor(color); s.set_linewidth(lw); s.set_linestyle(ls); s.set_capstyle("butt")
 
 def pick_queries(ranking: dict, n: int = 5, seed: int = 0) -> list[int]:
     "A reproducible choice of `n` queries with distinct identities, mixing fully right and partly wrong rankings."
@@ -397,58 +459,96 @@ def pick_queries(ranking: dict, n: int = 5, seed: int = 0) -> list[int]:
     return out
 
 def plot_retrieval(ranking: dict, data_root, queries: list[int], k: int = 10):
-    "FSAFC-Net's Fig. 2: each query, then its top-k gallery images; wrong matches framed in red, right ones in green."
+    """FSAFC-Net's Fig. 2: each query, then its top-k gallery images; a right identity marked ✓ in a solid blue frame, a
+    wrong one ✗ in a dashed vermilion frame (the marks and the line style say it without colour)."""
     import matplotlib.pyplot as plt
     from PIL import Image
     root = Path(data_root)
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.1 * (k + 1), 2.3 * len(queries)), squeeze=False)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.2 * (k + 1), 2.5 * len(queries) + 0.4), squeeze=False)
     for row, qi in zip(axes, queries):
         q = ranking["query"][qi]
         _framed(row[0], Image.open(root / q["path"]).convert("RGB"), "black")
-        row[0].set_title(f"query\nid {q['pid']}", fontsize=8)
+        row[0].set_title(f"query\nid {q['pid']}", fontsize=9, fontweight="bold")
         for ax, j in zip(row[1:], ranking["topk"][qi][:k]):
             g = ranking["gallery"][j]
-            _framed(ax, Image.open(root / g["path"]).convert("RGB"), "tab:green" if g["pid"] == q["pid"] else "red")
-            ax.set_title(f"id {g['pid']}", fontsize=7)
-    fig.suptitle(f"{ranking['variant']} on {ranking['dataset']}: top-{k} (red = wrong match)", fontsize=10)
+            ok = g["pid"] == q["pid"]
+            color, mark = (RIGHT, "✓") if ok else (WRONG, "✗")
+            _framed(ax, Image.open(root / g["path"]).convert("RGB"), color, ls="-" if ok else (0, (2.5, 1.5)))
+            ax.set_title(f"{mark} id {g['pid']}", fontsize=9, color=color)
+            ax.text(0.06, 0.94, mark, transform=ax.transAxes, ha="left", va="top", fontsize=11, color="white",
+                    fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.15", fc=color, ec="white", lw=0.8))
+    model = VARIANT_LABELS.get(ranking["variant"], ranking["variant"])
+    data = DATASET_LABELS.get(ranking["dataset"], ranking["dataset"])
+    fig.suptitle(f"{model} on {data}: each query and its top {k}, nearest first — ✓ right identity (solid frame), "
+                 "✗ wrong (dashed frame)", fontsize=11)
     fig.tight_layout()
     return fig
 
-def plot_attention(images: list, maps: dict, titles=None, caption: str = ""):
-    """Each image (H×W×3 in [0,1]) with every attention map in `maps` (name -> tensor N×h×w) upsampled, scaled to [0, 1] per map and
-    overlaid; one colour bar for the scale, and `caption` under the figure."""
+def attention_scale(maps: dict, size) -> tuple[dict, float]:
+    """Every map of `maps` (name -> tensor N×h×w, non-negative) upsampled to `size` and divided by its mean over the
+    image, so that all share one scale (1 = the attention a position gets when it is spread evenly), and the top of
+    that scale: the 99th percentile over all maps (a few peaks do not wash the rest out)."""
+    import torch
+    import torch.nn.functional as F
+    out = {}
+    for n, m in maps.items():
+        m = F.interpolate(m.float()[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        out[n] = m / m.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    every = torch.cat([m.flatten() for m in out.values()]) if out else torch.ones(1)
+    return out, max(float(torch.quantile(every[:1_000_000], 0.99)), 1.0)
+
+def plot_attention(images: list, maps: dict, titles=None, caption: str = "", cmap: str = "viridis"):
+    """Each image (H×W×3 in [0,1]) beside every attention map in `maps` (name -> tensor N×h×w) upsampled and
+    overlaid, all on one colour scale (`attention_scale`: each map relative to its mean) with one colour bar, in a
+    perceptually uniform `cmap`; `caption` under the figure."""
+    import textwrap
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    import torch.nn.functional as F
     names = list(maps)
-    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.6 * (1 + len(names)) + 1.2, 2.9 * len(images) + 0.8), squeeze=False)
+    scaled, top = attention_scale(maps, images[0].shape[:2])
+    width = 1.8 * (1 + len(names)) + 1.6
+    lines = textwrap.wrap(caption, int(width * 13)) if caption else []
+    foot = 0.2 * len(lines) + (0.3 if lines else 0)
+    height = 3.0 * len(images) + 0.5 + foot
+    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(width, height), squeeze=False)
     for i, (row, img) in enumerate(zip(axes, images)):
-        row[0].imshow(img); row[0].set_title(titles[i] if titles else "image", fontsize=7)
+        row[0].imshow(img); row[0].set_title(titles[i] if titles else "image", fontsize=9)
         for ax, n in zip(row[1:], names):
-            m = maps[n][i][None, None].float()
-            m = F.interpolate(m, size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-            m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-            ax.imshow(img); ax.imshow(m.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1); ax.set_title(n, fontsize=7)
+            ax.imshow(img); ax.imshow(scaled[n][i].numpy(), cmap=cmap, alpha=0.6, vmin=0, vmax=top)
+            ax.set_title("\n".join(textwrap.wrap(n, 18)), fontsize=9)
         for ax in row: ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout(rect=(0, 0.06 if caption else 0, 0.9, 1))
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), cax=fig.add_axes((0.92, 0.25, 0.02, 0.5)))
-    bar.set_label("attention, scaled per map (0 = least, 1 = most)", fontsize=8)
-    if caption:
-        import textwrap
-        fig.text(0.02, 0.01, "\n".join(textwrap.wrap(caption, 150)), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, foot / height, 1 - 1.2 / width, 1))
+    cax = fig.add_axes((1 - 1.0 / width, 0.3, 0.12 / width, 0.45))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, top), cmap=cmap), cax=cax)
+    bar.set_label("attention ÷ the map's mean (1 = spread evenly)", fontsize=9)
+    if lines: fig.text(0.02, 0.01, "\n".join(lines), fontsize=9, va="bottom")
     return fig
 
+
 # %% ../nbs/33_report.ipynb #bd705d60
+HIDE = "report-hide"   # a template cell with this tag is for whoever runs the template, not for the report's reader
+
+def report_title(nb, default: str = "reid_nb report") -> str:
+    "The report's title: the first level-1 heading of its Markdown cells."
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            for line in c.source.splitlines():
+                if line.startswith("# "): return line[2:].strip()
+    return default
+
 def report_html(nb) -> str:
-    """The executed report as a page a reader wants: the prose, the tables and the figures, without the code cells, the parameters, the
-    template's front matter (raw cells) or anything written to stderr (which stays in the executed notebook)."""
+    """The executed report as a page a reader wants: the prose, the tables and the figures, titled by its first heading,
+    without the code cells, the parameters, the template's front matter (raw cells), the cells tagged `HIDE`, or
+    anything a cell printed (log lines and stderr stay in the executed notebook)."""
     import copy
     from nbconvert import HTMLExporter
     nb = copy.deepcopy(nb)
-    nb.cells = [c for c in nb.cells if c.cell_type != "raw"]
+    nb.metadata["title"] = report_title(nb)
+    nb.cells = [c for c in nb.cells if c.cell_type != "raw" and HIDE not in c.get("metadata", {}).get("tags", [])]
     for c in nb.cells:
-        if c.cell_type == "code": c.outputs = [o for o in c.get("outputs", []) if o.get("name") != "stderr"]
+        if c.cell_type == "code": c.outputs = [o for o in c.get("outputs", []) if o.get("output_type") != "stream"]
     body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
     return body
 
