@@ -5,6 +5,7 @@ Re-render figures with `python tools/render_figures.py NOTEBOOK...`."""
 import configparser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,28 @@ def test_index_lists_every_chapter():
     index = "".join("".join(c["source"]) for c in json.loads((NBS / "index.ipynb").read_text(encoding="utf-8"))["cells"])
     missing = [nb.name for nb in NOTEBOOKS if nb.parent == NBS and nb.name != "index.ipynb" and f"]({nb.name})" not in index]
     assert not missing, f"nbs/index.ipynb does not list {missing}"
+
+
+# The papers go by their names, FSAFC-Net (An, Lim, He, Kang) and RGA (Zhang et al., CVPR 2020); "seed" means a random seed
+# (CONTRIBUTING.md). These phrases once called the FSAFC-Net paper "the seed"; none may come back, in prose, comments,
+# labels or the generated report.
+PAPER_AS_SEED = re.compile(r"seed paper|\bthe seed's\b|\(seed's method\)|\s\(seed\)|\(the seed\)|, the seed\)|\bseed ref\."
+                           r"|\bseed / paper\b|\bthe seed (fuses|keeps|adds|follows|cites|does not say)\b|\bSEED_ABLATION\b",
+                           re.IGNORECASE)
+
+
+def _tracked_text_files():
+    for f in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines():
+        p = ROOT / f
+        if p.is_symlink() or not p.is_file() or p.name == Path(__file__).name:
+            continue
+        try:
+            yield f, p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:   # images, archives
+            continue
+
+
+def test_papers_go_by_their_names_not_the_seed():
+    hits = [f"{f}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}" for f, text in _tracked_text_files()
+            for m in PAPER_AS_SEED.finditer(text)]
+    assert not hits, "call the paper FSAFC-Net (or RGA), not 'the seed' (CONTRIBUTING.md):\n" + "\n".join(hits[:40])

@@ -180,7 +180,7 @@ FULL_MAP_THRESHOLD = 0.35
 
 
 def test_full_variant_learns(data_root, tmp_path):
-    "The seed's method, trained with the CPU profile's recipe on the embedded dataset, ranks far better than chance."
+    "FSAFC-Net's method, trained with the CPU profile's recipe on the embedded dataset, ranks far better than chance."
     import numpy as np
     from reid_nb.data import load_dataset
     from reid_nb.metrics import evaluate_rank
