@@ -305,7 +305,7 @@ def profile_command(name, current="params.yaml", exp_name: str | None = None, ex
     differs, `-S ~key` for each key the profile lacks. The experiment then runs with exactly the profile's parameters."""
     here = Path(current).parent
     path = Path(name) if Path(name).suffix in (".yaml", ".yml") else here/f"params-{name}.yaml"
-    if not path.is_file():
+    if not os.path.lexists(path):      # a FIFO or a folder goes on to read_params, which names its kind
         known = sorted(p.stem[len("params-"):] for p in here.glob("params-*.yaml"))
         raise FileNotFoundError(f"{path}: no such profile; known here: {', '.join(known) or 'none'}")
     want = _leaves(read_params(path))           # a profile meets params.yaml's schema, read with load_yaml's bounds

@@ -4,9 +4,11 @@
 
 # %% ../nbs/24_params.ipynb #04e5bf77
 from __future__ import annotations
-import argparse, dataclasses, json, math
+import argparse, dataclasses, json, math, os
 from pathlib import Path
 import yaml
+
+from .core import check_regular, read_regular
 
 # %% auto #0
 __all__ = ['INT_MAX', 'SEED_MAX', 'RANGES', 'MAX_YAML_BYTES', 'MAX_YAML_DEPTH', 'MAX_JSON_BYTES', 'PARAMS_SECTIONS', 'DATA_KEYS',
@@ -157,12 +159,13 @@ MAX_YAML_DEPTH = 16         # params.yaml nests 4 deep (overrides: full: {milest
 MAX_JSON_BYTES = 64 << 20   # a result or list file (bench --from-json, a custom dataset's list)
 
 def read_text(path, what: str, max_bytes: int = MAX_YAML_BYTES, kind: str = "YAML") -> str:
-    "The text of user file `path` (a `what`): present, at most `max_bytes`, UTF-8; else one line naming it."
+    """The text of user file `path` (a `what`): present, a regular file (`core.read_regular`: a FIFO or a device is refused
+    by name, never opened), at most `max_bytes`, UTF-8; else one line naming it."""
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such {what}")
-    if (size := path.stat().st_size) > max_bytes:
+    if not os.path.lexists(path): raise FileNotFoundError(f"{path}: no such {what}")
+    if (size := check_regular(path, what).st_size) > max_bytes:
         raise ValueError(f"{path}: {size:,} bytes; a {what} is at most {max_bytes:,} bytes of {kind}")
-    raw = path.read_bytes()
+    raw = read_regular(path, what, max_bytes)
     try: return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "

@@ -81,6 +81,14 @@ def test_billion_laughs_params_is_refused_not_expanded(here):
     one_line(cli_process("variants", "--params", bomb, cwd=here), bomb, "alias *a")
 
 
+def test_a_fifo_given_as_params_or_profile_is_refused_not_opened(here):
+    "Opening a named pipe for reading waits for a writer that never comes: the file is refused by its kind, unopened."
+    fifo = here / "params-pipe.yaml"
+    os.mkfifo(fifo)
+    one_line(cli_process("variants", "--params", fifo, cwd=here), fifo, "FIFO")
+    one_line(cli_process("profile", fifo, "--dry-run", cwd=here), fifo, "FIFO")
+
+
 def test_a_50_mb_params_file_is_refused_before_parsing(here):
     big = here / "p.yaml"
     with open(big, "w") as f:
