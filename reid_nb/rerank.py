@@ -265,6 +265,37 @@ def _merge_topk(vals, idx, a: int, b: int, S: torch.Tensor, col0: int):
     v, p = cv.topk(C, dim=1, largest=False)
     vals[a:b], idx[a:b] = v, ci.gather(1, p)
 
+def _below(S: torch.Tensor, tau: torch.Tensor, dim: int):
+    "(row, column) of the entries of `S` below `tau`: one threshold per row (dim=1) or per column (dim=0)."
+    t = tau[:, None] if dim == 1 else tau[None, :]
+    if S.device.type != "cpu": return (S < t).nonzero(as_tuple=True)
+    f = torch.from_numpy(np.flatnonzero(S.numpy() < t.numpy()))           # numpy: a sparse mask's nonzeros, fast on the CPU
+    return f // S.shape[1], f % S.shape[1]
+
+def _merge_entries(vals, idx, a: int, n: int, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor):
+    """Merge new entries (row a + r, column c, value v >= 0; no (row, column) seen before) into the running C smallest of
+    rows a:a+n, kept in increasing order: one sort of the touched rows' old and new entries by (row, value). numpy on the
+    CPU (its sort and fancy indexing are several times faster there), torch on a GPU."""
+    if len(r) == 0: return
+    xp, dev = (np, None) if vals.device.type == "cpu" else (torch, vals.device)
+    if xp is np: vals, idx, r, c, v = vals.numpy(), idx.numpy(), r.numpy(), c.numpy(), v.numpy()    # views, no copies
+    ar = (lambda k: np.arange(k)) if xp is np else (lambda k: torch.arange(k, device=dev))
+    C = vals.shape[1]
+    u = xp.flatnonzero(xp.bincount(r, minlength=n)) if xp is np else (torch.bincount(r, minlength=n) > 0).nonzero().flatten()
+    slot = xp.zeros(n, dtype=xp.int64) if xp is np else torch.zeros(n, dtype=torch.int64, device=dev)
+    slot[u] = ar(len(u))
+    rows = xp.concatenate([ar(len(u)).repeat(C) if xp is np else ar(len(u)).repeat_interleave(C), slot[r]])
+    allv, alli = xp.concatenate([vals[a + u].reshape(-1), v]), xp.concatenate([idx[a + u].reshape(-1), c])
+    key = (rows << 32) | (allv.view(np.int32).astype(np.int64) if xp is np else allv.view(torch.int32).long())  # a float >= 0 orders as its bits
+    o = xp.argsort(key)
+    rs = rows[o]
+    cnt = xp.bincount(rs, minlength=len(u))
+    pos = ar(len(o)) - (xp.cumsum(cnt, 0) - cnt)[rs]
+    keep = pos < C                                                          # every row has at least its C old entries
+    nv, ni = vals[a + u], idx[a + u]                                        # copies (fancy indexing), then written back
+    nv[rs[keep], pos[keep]], ni[rs[keep], pos[keep]] = allv[o[keep]], alli[o[keep]]
+    vals[a + u], idx[a + u] = nv, ni
+
 def _edges(n: int, block: int) -> list[int]:
     "Boundaries of about-equal blocks of at most `block` items."
     nb = max(1, -(-n // block))
@@ -280,18 +311,22 @@ def _feature_neighbours(Fp, F2, metric: str, K: int, block: int, margin: int, pr
     idx = torch.zeros(N, C, dtype=torch.int64, device=dev)
     rowmax = torch.full((N,), -float("inf"), device=dev)
     e = _edges(N, block)
-    pairs = [(i, j) for i in range(len(e) - 1) for j in range(i, len(e) - 1)]
+    nb = len(e) - 1                                                        # diagonal blocks first: they seed every row's
+    pairs = [(i, i) for i in range(nb)] + [(i, j) for i in range(nb) for j in range(i + 1, nb)]   # C candidates
     sq = lambda a, b: F2[a:b] if F2 is not None else None
     for i, j in tqdm(pairs, desc="re-ranking: distances", disable=not progress, leave=False):
         (a, b), (c, d) = e[i:i + 2], e[j:j + 2]
         S = _dist_block(Fp[a:b], sq(a, b), Fp[c:d], sq(c, d), metric)
         S.mul_(S)                                                          # squared, as the classic code squares its inputs
-        _merge_topk(vals, idx, a, b, S, c)
         rowmax[a:b] = torch.maximum(rowmax[a:b], S.amax(1))
-        if i != j:
-            St = S.T.contiguous()                                      # a copy: topk along rows is twice as fast
-            _merge_topk(vals, idx, c, d, St, a)
-            rowmax[c:d] = torch.maximum(rowmax[c:d], St.amax(1))
+        if i == j:
+            _merge_topk(vals, idx, a, b, S, c)
+            continue
+        rowmax[c:d] = torch.maximum(rowmax[c:d], S.amax(0))
+        r, k = _below(S, vals[a:b, -1], 1)                                 # only what beats a row's C-th candidate so far
+        _merge_entries(vals, idx, a, b - a, r, k + c, S[r, k])
+        r, k = _below(S, vals[c:d, -1], 0)                                 # the same for the block's columns
+        _merge_entries(vals, idx, c, d - c, k, r + a, S[r, k])
     if not torch.isfinite(rowmax).all(): raise ValueError("rerank_features: the features give non-finite distances")
     D = vals / rowmax[:, None]
     cand_idx, cand_S = idx, vals
@@ -332,7 +367,7 @@ def _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S, chunk: int = 4096):
     return d_at
 
 # %% ../nbs/22_rerank.ipynb #c2177a9f
-def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine", block: int = 4096,
+def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine", block: int = 8192,
                   pair_budget: int = 1 << 22, margin: int = 8, device=None, progress: bool = False):
     """k-reciprocal re-ranking from query and gallery features, yielding `(a, re-ranked distances of queries a:b)`; equal to
     `re_ranking` of the three distance matrices of `metric`, never holding an N×N array."""
