@@ -180,12 +180,14 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     t_feat = time.time() - t0
     q_pids, g_pids = np.array([r.pid for r in ds.query]), np.array([r.pid for r in ds.gallery])
     q_cams, g_cams = np.array([r.camid for r in ds.query]), np.array([r.camid for r in ds.gallery])
-    # distances and re-ranking a block of queries at a time (never a q×g or N×N matrix: MSMT17 fits in a laptop's memory)
+    # distances and re-ranking a block of queries at a time (never a q×g or N×N matrix: MSMT17 fits in a laptop)
     bar = lambda it, n, desc: tqdm(it, total=n, desc=desc, disable=not progress or rank != 0, leave=False)
     top, blk = [], max(1, (1 << 26) // max(len(gf), 1))
-    def ranked(blocks):                                     # each block's top-k for ranking.json, as the evaluation reads it
+    # each block's top-k for ranking.json, as the evaluation reads it
+    def ranked(blocks):
         for a, d in blocks:
-            if ranking_out: top.append(topk_ranking(d.cpu(), q_pids[a:a + len(d)], g_pids, q_cams[a:a + len(d)], g_cams, topk))
+            if ranking_out:
+                top.append(topk_ranking(d.cpu(), q_pids[a:a + len(d)], g_pids, q_cams[a:a + len(d)], g_cams, topk))
             yield a, d
     plain = evaluate_blocks(bar(ranked(distance_blocks(qf, gf, metric, blk)), math.ceil(len(qf) / blk), "ranking"),
                             q_pids, g_pids, q_cams, g_cams, max_rank=50)
@@ -202,7 +204,8 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     info["environment"] = environment(dev, dataset, fp)     # what computed these numbers
     info["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
     seconds = dict(features=t_feat, rerank=time.time() - t1)
-    if rank == 0 and metrics_out:   # metrics alone (what `dvc metrics show/diff` compare), the rest beside them; no wall times
+    # metrics alone (what `dvc metrics show/diff` compare), the rest beside them; no wall times
+    if rank == 0 and metrics_out:
         atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
         atomic_write(info_path(metrics_out), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
         own = dataset == meta.get("dataset", "synthetic")       # a cross-domain evaluation keeps its own summary

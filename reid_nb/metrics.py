@@ -50,7 +50,7 @@ def compute_distance(qf, gf, metric: str = "cosine", chunk: int = 4096) -> torch
 
 # %% ../nbs/21_metrics.ipynb #85c97296
 def distance_blocks(qf, gf, metric: str = "cosine", block: int | None = None):
-    "Yield `(start, distances of queries start:start+block to the gallery)`: `compute_distance`, a block of queries at a time."
+    "Yield `(start, distances of queries start:start+block to the gallery)`: `compute_distance`, block by block."
     qf, gf = _check_features(qf, gf, metric)
     block = block or max(1, (1 << 26) // max(len(gf), 1))
     g, g2 = _prep(gf.to(qf.device), metric)
@@ -92,8 +92,8 @@ def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray):
 
 # %% ../nbs/21_metrics.ipynb #39040e93
 def _count_le_numpy(d: np.ndarray, m, thr, jq, jg, q_camids, g_camids, chunk: int | None = None) -> np.ndarray:
-    """For each match (flat, row by row: `m[i]` matches of row i at distances `thr`): #{gallery items of its row, junk out,
-    with d <= thr}. Only the items at or below a row's last match are gathered; `chunk` rows at a time (~1 M entries)."""
+    """For each match (flat, row by row: `m[i]` matches of row i at distances `thr`): #{gallery items of its row,
+    junk out, with d <= thr}. Only the items at or below a row's last match are gathered; `chunk` rows at once."""
     n, G = d.shape
     out, first = np.zeros(len(thr), np.int64), np.cumsum(m) - m
     chunk = chunk or max(1, (1 << 20) // max(G, 1))
@@ -102,13 +102,15 @@ def _count_le_numpy(d: np.ndarray, m, thr, jq, jg, q_camids, g_camids, chunk: in
         mc = m[c:e]
         if not mc.any(): continue
         dc = d[c:e]                                                        # a view: the input is only read
-        if dc.dtype not in (np.float32, np.float64): dc = dc.astype(np.float32 if dc.dtype.itemsize <= 2 else np.float64)
+        if dc.dtype not in (np.float32, np.float64):
+            dc = dc.astype(np.float32 if dc.dtype.itemsize <= 2 else np.float64)
         k0, k1 = first[c], first[e - 1] + m[e - 1]
         rk = np.repeat(np.arange(e - c), mc)                               # the chunk row of each match
         pos = np.arange(k1 - k0) - (first[c:e] - k0)[rk]                   # its slot in its row
         T = np.full((e - c, int(mc.max())), -np.inf, dc.dtype)             # the thresholds, a row each
         T[rk, pos] = thr[k0:k1]
-        keep = dc <= T.max(1)[:, None]                                     # at or below the row's last match (NaN: never)
+        # at or below the row's last match (NaN: never)
+        keep = dc <= T.max(1)[:, None]
         if q_camids is not None: keep &= g_camids[None, :] != q_camids[c:e, None]
         else:
             a, b = np.searchsorted(jq, [c, e])
@@ -130,7 +132,8 @@ def _count_le_torch(d: torch.Tensor, m, thr, jq, jg, q_camids, g_camids, chunk: 
         mc = m[c:e]
         if not mc.any(): continue
         dc = d[c:e]
-        if dc.dtype not in (torch.float32, torch.float64): dc = dc.to(torch.float32 if dc.element_size() <= 2 else torch.float64)
+        if dc.dtype not in (torch.float32, torch.float64):
+            dc = dc.to(torch.float32 if dc.element_size() <= 2 else torch.float64)
         if q_camids is not None: keep = gc[None, :] != torch.as_tensor(q_camids[c:e], device=dev)[:, None]
         else:
             keep = torch.ones(e - c, G, dtype=torch.bool, device=dev)
@@ -140,7 +143,8 @@ def _count_le_torch(d: torch.Tensor, m, thr, jq, jg, q_camids, g_camids, chunk: 
         rk = np.repeat(np.arange(e - c), mc)
         pos = np.arange(k1 - k0) - (first[c:e] - k0)[rk]
         T = torch.full((e - c, int(mc.max())), -float("inf"), dtype=dc.dtype, device=dev)
-        T[torch.as_tensor(rk, device=dev), torch.as_tensor(pos, device=dev)] = torch.as_tensor(thr[k0:k1], device=dev).to(dc.dtype)
+        rk_t, pos_t = torch.as_tensor(rk, device=dev), torch.as_tensor(pos, device=dev)
+        T[rk_t, pos_t] = torch.as_tensor(thr[k0:k1], device=dev).to(dc.dtype)
         cnt = torch.stack([((dc <= T[:, s:s + 1]) & keep).sum(1) for s in range(T.shape[1])], 1)
         out[k0:k1] = cnt.cpu().numpy()[rk, pos]
     return out
@@ -148,9 +152,10 @@ def _count_le_torch(d: torch.Tensor, m, thr, jq, jg, q_camids, g_camids, chunk: 
 # %% ../nbs/21_metrics.ipynb #d0cdb295
 def _labels(q_pids, g_pids, q_camids, g_camids, nq: int | None = None, ng: int | None = None):
     "The four label arrays as flat numpy arrays, their lengths checked."
-    q_pids, g_pids, q_camids, g_camids = (np.asarray(_to_numpy(a)).reshape(-1) for a in (q_pids, g_pids, q_camids, g_camids))
+    labels = [np.asarray(_to_numpy(a)).reshape(-1) for a in (q_pids, g_pids, q_camids, g_camids)]
+    q_pids, g_pids, q_camids, g_camids = labels
     nq, ng = len(q_pids) if nq is None else nq, len(g_pids) if ng is None else ng
-    for name, a, n in (("q_pids", q_pids, nq), ("q_camids", q_camids, nq), ("g_pids", g_pids, ng), ("g_camids", g_camids, ng)):
+    for name, a, n in zip(("q_pids", "g_pids", "q_camids", "g_camids"), labels, (nq, ng, nq, ng)):
         if len(a) != n: raise ValueError(f"{name}: expected {n} entries (distmat is {nq} × {ng}), got {len(a)}")
     return q_pids, g_pids, q_camids, g_camids
 
@@ -183,13 +188,16 @@ def _summarise(mq, mg, thr, le, m, first, max_rank: int) -> dict:
     inp = mv / (pos[first[valid] + mv - 1] + 1)
     r1 = pos[first[valid]]
     cmc = np.cumsum(np.bincount(r1[r1 < max_rank], minlength=max_rank)) / len(valid)
-    return dict(cmc=cmc, mAP=float(ap.mean()), mINP=float(inp.mean()), num_valid=int(len(valid)), AP=ap, INP=inp, valid=valid)
+    return dict(cmc=cmc, mAP=float(ap.mean()), mINP=float(inp.mean()), num_valid=int(len(valid)),
+                AP=ap, INP=inp, valid=valid)
 
 def evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, cross_camera: bool = False,
                     backend: str = "auto", chunk: int | None = None) -> dict:
-    """The protocol over distances given a block of queries at a time: `blocks` yields `(start, block)`, `block` the distances
-    of queries `start:start+len(block)` to the whole gallery (numpy or torch, CPU or GPU); every query once, in any order."""
-    if backend not in ("auto", "numpy", "torch"): raise ValueError(f"unknown backend {backend!r}; expected auto, numpy or torch")
+    """The protocol over distances given a block of queries at a time: `blocks` yields `(start, block)`, `block` the
+    distances of queries `start:start+len(block)` to the whole gallery (numpy or torch, CPU or GPU); every query once,
+    in any order."""
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; expected auto, numpy or torch")
     if max_rank < 1: raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     q_pids, g_pids, q_camids, g_camids = _labels(q_pids, g_pids, q_camids, g_camids)
     nq, ng = len(q_pids), len(g_pids)
@@ -209,13 +217,15 @@ def evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank: int = 
         t = _to_numpy(blk[_index(blk, mq[k0:k1] - a), _index(blk, mg[k0:k1])])
         if np.isnan(t).any(): raise ValueError("distmat: NaN distance between a query and one of its correct matches")
         thr[k0:k1] = t
-        use_torch = backend == "torch" or (backend == "auto" and isinstance(blk, torch.Tensor) and blk.device.type != "cpu")
+        on_device = isinstance(blk, torch.Tensor) and blk.device.type != "cpu"
+        use_torch = backend == "torch" or (backend == "auto" and on_device)
         if use_torch: blk = _as_tensor(blk, "distmat")
         elif isinstance(blk, torch.Tensor): blk = blk.detach().cpu().numpy()
         j0, j1 = np.searchsorted(jq, [a, b])
         cams = (q_camids[a:b], g_camids) if cross_camera else (None, g_camids)
         count = _count_le_torch if use_torch else _count_le_numpy
-        le[k0:k1] = count(blk, m[a:b], t.astype(np.float64) if t.dtype.kind != "f" else t, jq[j0:j1] - a, jg[j0:j1], *cams, **kw)
+        t = t.astype(np.float64) if t.dtype.kind != "f" else t
+        le[k0:k1] = count(blk, m[a:b], t, jq[j0:j1] - a, jg[j0:j1], *cams, **kw)
     if not seen.all(): raise ValueError(f"distance blocks: {int((~seen).sum())} of {nq} queries were not given")
     return _summarise(mq, mg, thr, le, m, first, max_rank)
 
@@ -228,12 +238,15 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     numpy or torch inputs, CPU or GPU. Ties: a non-match at the same distance as a match ranks before it."""
     if not isinstance(distmat, (np.ndarray, torch.Tensor)):
         raise TypeError(f"distmat: expected a numpy array or a torch tensor, got {type(distmat).__name__}")
-    if distmat.ndim != 2: raise ValueError(f"distmat: expected a 2-D (num_query × num_gallery) matrix, got shape {tuple(distmat.shape)}")
+    if distmat.ndim != 2:
+        raise ValueError(f"distmat: expected a 2-D (num_query × num_gallery) matrix, got shape {tuple(distmat.shape)}")
     labels = _labels(q_pids, g_pids, q_camids, g_camids, *distmat.shape)
-    return evaluate_blocks([(0, distmat)], *labels, max_rank=max_rank, cross_camera=cross_camera, backend=backend, chunk=chunk)
+    return evaluate_blocks([(0, distmat)], *labels, max_rank=max_rank, cross_camera=cross_camera, backend=backend,
+                           chunk=chunk)
 
 # %% ../nbs/21_metrics.ipynb #2a4f3818
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = "cosine", max_rank: int = 50,
                       cross_camera: bool = False, block: int | None = None) -> dict:
-    "`evaluate_rank` of the distances between query and gallery features, computed and ranked a block of queries at a time."
-    return evaluate_blocks(distance_blocks(qf, gf, metric, block), q_pids, g_pids, q_camids, g_camids, max_rank, cross_camera)
+    "`evaluate_rank` of the distances between query and gallery features, computed and ranked block by block."
+    return evaluate_blocks(distance_blocks(qf, gf, metric, block), q_pids, g_pids, q_camids, g_camids, max_rank,
+                           cross_camera)

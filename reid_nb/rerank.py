@@ -183,7 +183,8 @@ def _jaccard_blocks(R, d_at, orig_rows, nq: int, ng: int, k1: int, k2: int, lamb
         Vi = torch.cat([torch.nn.functional.pad(p, (0, W - p.shape[1]), value=N) for p in parts_i])
         Vv = torch.cat([torch.nn.functional.pad(p, (0, W - p.shape[1]), value=0.0) for p in parts_v]) / k2
     del E, w
-    # 4. Jaccard distance over the sparse V: inverted index (column order) of the gallery rows; padding (index N) sorts last
+    # 4. Jaccard distance over the sparse V: inverted index (column order) of the gallery rows;
+    # padding (index N) sorts last
     W = Vi.shape[1]
     col = Vi[nq:].flatten()
     order = torch.sort(col, stable=True).indices
@@ -236,8 +237,9 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     del buf, rows
     rr = torch.arange(N, device=dev)[:, None]
     final = torch.empty(nq, ng, dtype=torch.float32, device=dev)
-    for a, blk in _jaccard_blocks(R, lambda e, _: _d_at(qg, qq, gg, colmax, rr.expand_as(e), e),
-                                  lambda a, b: _sq(qg[a:b]).div_(colmax[a:b, None]), nq, ng, k1, k2, lambda_value, chunk, pair_budget):
+    d_at = lambda e, _: _d_at(qg, qq, gg, colmax, rr.expand_as(e), e)
+    orig_rows = lambda a, b: _sq(qg[a:b]).div_(colmax[a:b, None])
+    for a, blk in _jaccard_blocks(R, d_at, orig_rows, nq, ng, k1, k2, lambda_value, chunk, pair_budget):
         final[a:a + len(blk)] = blk
     return final
 
@@ -269,24 +271,27 @@ def _below(S: torch.Tensor, tau: torch.Tensor, dim: int):
     "(row, column) of the entries of `S` below `tau`: one threshold per row (dim=1) or per column (dim=0)."
     t = tau[:, None] if dim == 1 else tau[None, :]
     if S.device.type != "cpu": return (S < t).nonzero(as_tuple=True)
-    f = torch.from_numpy(np.flatnonzero(S.numpy() < t.numpy()))           # numpy: a sparse mask's nonzeros, fast on the CPU
+    # numpy: a sparse mask's nonzeros, fast on the CPU
+    f = torch.from_numpy(np.flatnonzero(S.numpy() < t.numpy()))
     return f // S.shape[1], f % S.shape[1]
 
 def _merge_entries(vals, idx, a: int, n: int, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor):
-    """Merge new entries (row a + r, column c, value v >= 0; no (row, column) seen before) into the running C smallest of
-    rows a:a+n, kept in increasing order: one sort of the touched rows' old and new entries by (row, value). numpy on the
-    CPU (its sort and fancy indexing are several times faster there), torch on a GPU."""
+    """Merge new entries (row a + r, column c, value v >= 0; no (row, column) seen before) into the running C smallest
+    of rows a:a+n, kept in increasing order: one sort of the touched rows' old and new entries by (row, value). numpy on
+    the CPU (its sort and fancy indexing are several times faster there), torch on a GPU."""
     if len(r) == 0: return
     xp, dev = (np, None) if vals.device.type == "cpu" else (torch, vals.device)
     if xp is np: vals, idx, r, c, v = vals.numpy(), idx.numpy(), r.numpy(), c.numpy(), v.numpy()    # views, no copies
     ar = (lambda k: np.arange(k)) if xp is np else (lambda k: torch.arange(k, device=dev))
     C = vals.shape[1]
-    u = xp.flatnonzero(xp.bincount(r, minlength=n)) if xp is np else (torch.bincount(r, minlength=n) > 0).nonzero().flatten()
+    u = xp.flatnonzero(xp.bincount(r, minlength=n)) if xp is np else \
+        (torch.bincount(r, minlength=n) > 0).nonzero().flatten()
     slot = xp.zeros(n, dtype=xp.int64) if xp is np else torch.zeros(n, dtype=torch.int64, device=dev)
     slot[u] = ar(len(u))
     rows = xp.concatenate([ar(len(u)).repeat(C) if xp is np else ar(len(u)).repeat_interleave(C), slot[r]])
     allv, alli = xp.concatenate([vals[a + u].reshape(-1), v]), xp.concatenate([idx[a + u].reshape(-1), c])
-    key = (rows << 32) | (allv.view(np.int32).astype(np.int64) if xp is np else allv.view(torch.int32).long())  # a float >= 0 orders as its bits
+    bits = allv.view(np.int32).astype(np.int64) if xp is np else allv.view(torch.int32).long()
+    key = (rows << 32) | bits                                               # a float >= 0 orders as its bits
     o = xp.argsort(key)
     rs = rows[o]
     cnt = xp.bincount(rs, minlength=len(u))
@@ -303,27 +308,31 @@ def _edges(n: int, block: int) -> list[int]:
 
 # %% ../nbs/22_rerank.ipynb #b96ee086
 def _feature_neighbours(Fp, F2, metric: str, K: int, block: int, margin: int, progress: bool):
-    """Each row's first K by the stable order of D (ties by index), the row maxima of the squared distances, the candidates
-    (indices, squared distances) and the number of rows recomputed in full; one pass over the upper triangle of blocks."""
+    """Each row's first K by the stable order of D (ties by index), the row maxima of the squared distances, the
+    candidates (indices, squared distances) and the number of rows recomputed in full; one pass over the upper
+    triangle of blocks."""
     N, dev = len(Fp), Fp.device
     C = min(K + margin, N)
     vals = torch.full((N, C), float("inf"), device=dev)
     idx = torch.zeros(N, C, dtype=torch.int64, device=dev)
     rowmax = torch.full((N,), -float("inf"), device=dev)
     e = _edges(N, block)
-    nb = len(e) - 1                                                        # diagonal blocks first: they seed every row's
+    # diagonal blocks first: they seed every row's
+    nb = len(e) - 1
     pairs = [(i, i) for i in range(nb)] + [(i, j) for i in range(nb) for j in range(i + 1, nb)]   # C candidates
     sq = lambda a, b: F2[a:b] if F2 is not None else None
     for i, j in tqdm(pairs, desc="re-ranking: distances", disable=not progress, leave=False):
         (a, b), (c, d) = e[i:i + 2], e[j:j + 2]
         S = _dist_block(Fp[a:b], sq(a, b), Fp[c:d], sq(c, d), metric)
-        S.mul_(S)                                                          # squared, as the classic code squares its inputs
+        # squared, as the classic code squares its inputs
+        S.mul_(S)
         rowmax[a:b] = torch.maximum(rowmax[a:b], S.amax(1))
         if i == j:
             _merge_topk(vals, idx, a, b, S, c)
             continue
         rowmax[c:d] = torch.maximum(rowmax[c:d], S.amax(0))
-        r, k = _below(S, vals[a:b, -1], 1)                                 # only what beats a row's C-th candidate so far
+        # only what beats a row's C-th candidate so far
+        r, k = _below(S, vals[a:b, -1], 1)
         _merge_entries(vals, idx, a, b - a, r, k + c, S[r, k])
         r, k = _below(S, vals[c:d, -1], 0)                                 # the same for the block's columns
         _merge_entries(vals, idx, c, d - c, k, r + a, S[r, k])
@@ -334,8 +343,10 @@ def _feature_neighbours(Fp, F2, metric: str, K: int, block: int, margin: int, pr
     D = D.gather(1, o)
     D, o = D.sort(dim=1, stable=True)
     R = idx.gather(1, o)[:, :K]
-    if C < N:                                                              # a row is settled when the K-th of D is below every
-        bad = (D[:, K - 1] >= vals.amax(1) / rowmax).nonzero().flatten()   # excluded item's D; else: its full row, exactly
+    # a row is settled when the K-th of D is below every
+    if C < N:
+        # excluded item's D; else: its full row, exactly
+        bad = (D[:, K - 1] >= vals.amax(1) / rowmax).nonzero().flatten()
         for g in range(0, len(bad), block):
             rows = bad[g:g + block]
             pad = torch.cat([rows, torch.arange(min(block, N), device=dev)])[:max(len(rows), min(block, N))]
@@ -346,13 +357,14 @@ def _feature_neighbours(Fp, F2, metric: str, K: int, block: int, margin: int, pr
 
 # %% ../nbs/22_rerank.ipynb #d5ede844
 def _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S, chunk: int = 4096):
-    """d_at(E, valid): D[i, E[i, w]] = (distance of images i and E[i, w])² / rowmax[i] where `valid`: the squared distance
+    """d_at(E, valid): D[i, E[i, w]] = (distance of images i and E[i, w])² / rowmax[i] where `valid`: the squared dist.
     kept in the pass over the blocks when E[i, w] is one of row i's candidates, else from the two features."""
     def d_at(E, valid):
         S = torch.zeros(E.shape, dtype=torch.float32, device=E.device)
         for a in range(0, len(E), chunk):
             eq = E[a:a + chunk, :, None] == cand_idx[a:a + chunk, None, :]         # (c, W, C): which candidate, if any
-            S[a:a + chunk] = torch.where(eq, cand_S[a:a + chunk, None, :], 0.0).sum(-1)   # one candidate at most matches
+            # one candidate at most matches
+            S[a:a + chunk] = torch.where(eq, cand_S[a:a + chunk, None, :], 0.0).sum(-1)
             miss = valid[a:a + chunk] & ~eq.any(-1)
             i, w = miss.nonzero(as_tuple=True)
             if len(i):
@@ -367,10 +379,10 @@ def _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S, chunk: int = 4096):
     return d_at
 
 # %% ../nbs/22_rerank.ipynb #c2177a9f
-def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine", block: int = 8192,
-                  pair_budget: int = 1 << 22, margin: int = 8, device=None, progress: bool = False):
-    """k-reciprocal re-ranking from query and gallery features, yielding `(a, re-ranked distances of queries a:b)`; equal to
-    `re_ranking` of the three distance matrices of `metric`, never holding an N×N array."""
+def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine",
+                  block: int = 8192, pair_budget: int = 1 << 22, margin: int = 8, device=None, progress: bool = False):
+    """k-reciprocal re-ranking from query and gallery features, yielding `(a, re-ranked distances of queries a:b)`;
+    equal to `re_ranking` of the three distance matrices of `metric`, never holding an N×N array."""
     qf, gf = _check_features(qf, gf, metric)
     nq, ng = len(qf), len(gf)
     _check_k(k1, k2, lambda_value, nq + ng)
@@ -384,11 +396,12 @@ def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, 
     def orig_rows(a, b):
         S = _dist_block(Fp[a:b], sq(a, b), Fp[nq:], sq(nq, None), metric)
         return S.mul_(S).div_(rowmax[a:b, None])
-    yield from _jaccard_blocks(R, _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S), orig_rows, nq, ng, k1, k2, lambda_value,
-                               1024, pair_budget, progress)
+    d_at = _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S)
+    yield from _jaccard_blocks(R, d_at, orig_rows, nq, ng, k1, k2, lambda_value, 1024, pair_budget, progress)
 
 # %% ../nbs/22_rerank.ipynb #27c0ced4
-def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine", **kw) -> torch.Tensor:
+def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine",
+                    **kw) -> torch.Tensor:
     "The re-ranked query × gallery distances (float32) of `rerank_blocks`, gathered."
     out = None
     for a, blk in rerank_blocks(qf, gf, k1, k2, lambda_value, metric, **kw):
