@@ -16,8 +16,8 @@ from .backbone import check_fits
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
 from .provenance import environment
 from .loader import DATA_PATHS, eval_batches
-from .metrics import compute_distance, evaluate_rank
-from .rerank import re_ranking
+from .metrics import distance_blocks, evaluate_blocks
+from .rerank import rerank_blocks
 from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_cpu, init_distributed, check_fields, from_mapping
 from .core import read_text_regular
 
@@ -225,8 +225,17 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     t_feat = time.time() - t0
     q_pids, g_pids = np.array([r.pid for r in ds.query]), np.array([r.pid for r in ds.gallery])
     q_cams, g_cams = np.array([r.camid for r in ds.query]), np.array([r.camid for r in ds.gallery])
-    qg = compute_distance(qf, gf, metric=metric)           # the features are on `dev` already
-    plain = evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+    # distances and re-ranking a block of queries at a time (never a q×g or N×N matrix: MSMT17 fits in a laptop)
+    bar = lambda it, n, desc: tqdm(it, total=n, desc=desc, disable=not progress or rank != 0, leave=False)
+    top, blk = [], max(1, (1 << 26) // max(len(gf), 1))
+    # each block's top-k for ranking.json, as the evaluation reads it
+    def ranked(blocks):
+        for a, d in blocks:
+            if ranking_out:
+                top.append(topk_ranking(d.cpu(), q_pids[a:a + len(d)], g_pids, q_cams[a:a + len(d)], g_cams, topk))
+            yield a, d
+    plain = evaluate_blocks(bar(ranked(distance_blocks(qf, gf, metric, blk)), math.ceil(len(qf) / blk), "ranking"),
+                            q_pids, g_pids, q_cams, g_cams, max_rank=50)
     metrics = dict(_metrics(plain), params_M=count_params(model) / 1e6, gflops=count_flops(model, input_size) / 1e9)
     info = dict(variant=meta["variant"], dataset=dataset, seed=meta.get("train_config", {}).get("seed"), run=str(run_dir),
                 metric=metric, flip=flip, num_query=len(ds.query), num_gallery=len(ds.gallery), input_size=list(input_size),
@@ -234,10 +243,8 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     t1 = time.time()
     reranked = None
     if rerank:
-        qq = compute_distance(qf, qf, metric=metric)
-        gg = compute_distance(gf, gf, metric=metric)
-        rr = torch.as_tensor(re_ranking(qg, qq, gg))
-        reranked = evaluate_rank(rr, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+        reranked = evaluate_blocks(rerank_blocks(qf, gf, metric=metric, progress=progress and rank == 0),
+                                   q_pids, g_pids, q_cams, g_cams, max_rank=50)
         metrics["rerank"], info["rerank"] = _metrics(reranked), _curve(reranked)
     info["environment"] = environment(dev, dataset, fp)     # what computed these numbers
     info["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
@@ -249,7 +256,7 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
         atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(dict(
             metrics=str(metrics_out), seconds=seconds), indent=2)))
     if rank == 0 and ranking_out:
-        idx, vals = topk_ranking(torch.as_tensor(qg).cpu(), q_pids, g_pids, q_cams, g_cams, topk)
+        idx, vals = (torch.cat(t) for t in zip(*top))
         root = Path(data_root)
         def rel(p):
             try: return str(Path(p).relative_to(root))

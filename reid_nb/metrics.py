@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['METRICS', 'compute_distance', 'evaluate_rank_reference', 'evaluate_rank']
+__all__ = ['METRICS', 'compute_distance', 'distance_blocks', 'evaluate_rank_reference', 'evaluate_blocks', 'evaluate_rank',
+           'evaluate_features']
 
 # %% ../nbs/21_metrics.ipynb #27ca3840
 METRICS = ("cosine", "euclidean", "sqeuclidean")
@@ -19,23 +20,42 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray): return torch.from_numpy(x)
     raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
 
-def compute_distance(qf, gf, metric: str = "cosine", chunk: int = 4096) -> torch.Tensor:
-    "Distance matrix `len(qf) × len(gf)` (float32, on the features' device); `metric`: 'cosine', 'euclidean' or 'sqeuclidean'."
+def _check_features(qf, gf, metric: str):
     if metric not in METRICS: raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     qf, gf = _as_tensor(qf, "qf"), _as_tensor(gf, "gf")
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"features must be 2-D with the same width, got qf {tuple(qf.shape)} and gf {tuple(gf.shape)}")
-    qf, gf = qf.float(), gf.to(qf.device).float()
-    if metric == "cosine": qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-    else: g2 = gf.pow(2).sum(1)
+    return qf, gf
+
+def _prep(x: torch.Tensor, metric: str):
+    "Features ready for `_dist_block`: float32, L2-normalised (cosine) or with their squared norms (Euclidean)."
+    x = x.float()
+    return (F.normalize(x, dim=1), None) if metric == "cosine" else (x, x.pow(2).sum(1))
+
+def _dist_block(q, q2, g, g2, metric: str, out=None) -> torch.Tensor:
+    "Distances of prepared features `q` (squared norms `q2`) to prepared `g`: the arithmetic of `compute_distance`."
+    if metric == "cosine": return torch.sub(1.0, q @ g.T, out=out)
+    d = (q2[:, None] + g2).addmm_(q, g.T, alpha=-2).clamp_(min=0)
+    if metric == "euclidean": d = d.sqrt_()
+    return d if out is None else out.copy_(d)
+
+def compute_distance(qf, gf, metric: str = "cosine", chunk: int = 4096) -> torch.Tensor:
+    "Distance matrix `len(qf) × len(gf)` (float32, on the features' device); `metric`: 'cosine', 'euclidean' or 'sqeuclidean'."
+    qf, gf = _check_features(qf, gf, metric)
+    g, g2 = _prep(gf.to(qf.device), metric)
     out = torch.empty(len(qf), len(gf), dtype=torch.float32, device=qf.device)
     for i in range(0, len(qf), chunk):
-        q = qf[i:i + chunk]
-        if metric == "cosine": torch.sub(1.0, q @ gf.T, out=out[i:i + chunk])
-        else:
-            d = (q.pow(2).sum(1, keepdim=True) + g2).addmm_(q, gf.T, alpha=-2).clamp_(min=0)
-            out[i:i + chunk] = d.sqrt_() if metric == "euclidean" else d
+        _dist_block(*_prep(qf[i:i + chunk], metric), g, g2, metric, out=out[i:i + chunk])
     return out
+
+# %% ../nbs/21_metrics.ipynb #85c97296
+def distance_blocks(qf, gf, metric: str = "cosine", block: int | None = None):
+    "Yield `(start, distances of queries start:start+block to the gallery)`: `compute_distance`, block by block."
+    qf, gf = _check_features(qf, gf, metric)
+    block = block or max(1, (1 << 26) // max(len(gf), 1))
+    g, g2 = _prep(gf.to(qf.device), metric)
+    for a in range(0, len(qf), block):
+        yield a, _dist_block(*_prep(qf[a:a + block], metric), g, g2, metric)
 
 # %% ../nbs/21_metrics.ipynb #59fcf3f1
 def evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, cross_camera: bool = False) -> dict:
@@ -71,95 +91,90 @@ def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray):
     return qi, go[first + np.arange(n.sum())]
 
 # %% ../nbs/21_metrics.ipynb #39040e93
-def _junk_slices(order_pos, junk_q, junk_g):
-    "Junk pairs sorted by the processing position of their query, so a chunk of rows takes one contiguous slice."
-    p = order_pos[junk_q]
-    keep = p >= 0
-    o = np.argsort(p[keep], kind="stable")
-    return p[keep][o], junk_g[keep][o]
-
-def _count_le_numpy(distmat, rows, m, first, thr, jpos, jg, q_camids, g_camids, chunk: int = 32):
-    "For each match (flat index k): #{gallery items of its row, junk masked, with d <= thr[k]}; numpy, `chunk` rows at a time."
-    out = np.zeros(len(thr), np.int64)
-    sdt = np.uint16 if distmat.shape[1] < 2 ** 16 else np.int64
-    buf = np.empty((chunk, distmat.shape[1]), bool)
-    for c in range(0, len(rows), chunk):
-        r = rows[c:c + chunk]
-        d = distmat[r]                                          # a copy: masking the junk leaves the input alone
-        if d.dtype not in (np.float32, np.float64): d = d.astype(np.float32 if d.dtype.itemsize <= 2 else np.float64)
-        if q_camids is not None: d[g_camids[None, :] == q_camids[r][:, None]] = np.nan
+def _count_le_numpy(d: np.ndarray, m, thr, jq, jg, q_camids, g_camids, chunk: int | None = None) -> np.ndarray:
+    """For each match (flat, row by row: `m[i]` matches of row i at distances `thr`): #{gallery items of its row,
+    junk out, with d <= thr}. Only the items at or below a row's last match are gathered; `chunk` rows at once."""
+    n, G = d.shape
+    out, first = np.zeros(len(thr), np.int64), np.cumsum(m) - m
+    chunk = chunk or max(1, (1 << 20) // max(G, 1))
+    for c in range(0, n, chunk):
+        e = min(c + chunk, n)
+        mc = m[c:e]
+        if not mc.any(): continue
+        dc = d[c:e]                                                        # a view: the input is only read
+        if dc.dtype not in (np.float32, np.float64):
+            dc = dc.astype(np.float32 if dc.dtype.itemsize <= 2 else np.float64)
+        k0, k1 = first[c], first[e - 1] + m[e - 1]
+        rk = np.repeat(np.arange(e - c), mc)                               # the chunk row of each match
+        pos = np.arange(k1 - k0) - (first[c:e] - k0)[rk]                   # its slot in its row
+        T = np.full((e - c, int(mc.max())), -np.inf, dc.dtype)             # the thresholds, a row each
+        T[rk, pos] = thr[k0:k1]
+        # at or below the row's last match (NaN: never)
+        keep = dc <= T.max(1)[:, None]
+        if q_camids is not None: keep &= g_camids[None, :] != q_camids[c:e, None]
         else:
-            a, b = np.searchsorted(jpos, [c, c + len(r)])
-            d[jpos[a:b] - c, jg[a:b]] = np.nan
-        mr = m[r]
-        for s in range(mr[0]):
-            n = int(np.count_nonzero(mr > s))                  # rows are in decreasing match count: a prefix takes part
-            k = first[r[:n]] + s
-            t = thr[k].astype(d.dtype)[:, None]
-            b = buf[:n]
-            np.less_equal(d[:n], t, out=b)
-            out[k] = b.sum(axis=1, dtype=sdt)
+            a, b = np.searchsorted(jq, [c, e])
+            keep[jq[a:b] - c, jg[a:b]] = False
+        L = keep.sum(1, dtype=np.uint16 if G < 1 << 16 else np.int32).astype(np.int64)
+        V = np.full((e - c, max(int(L.max()), 1)), np.nan, dc.dtype)      # the kept items, NaN-padded, a row each
+        V[np.repeat(np.arange(e - c), L), np.arange(int(L.sum())) - np.repeat(np.cumsum(L) - L, L)] = dc[keep]
+        cnt = np.concatenate([(V[:, None, :] <= T[:, s:s + 16, None]).sum(-1) for s in range(0, T.shape[1], 16)], 1)
+        out[k0:k1] = cnt[rk, pos]
     return out
 
-def _count_le_torch(distmat: torch.Tensor, rows, m, first, thr, jpos, jg, q_camids, g_camids, chunk: int = 1024):
-    "The same count in torch (for GPU tensors; also runs on the CPU)."
-    dev = distmat.device
-    out = torch.zeros(len(thr), dtype=torch.int64, device=dev)
-    thr_t, first_t, m_t = (torch.as_tensor(a, device=dev) for a in (thr, first, m))
+def _count_le_torch(d: torch.Tensor, m, thr, jq, jg, q_camids, g_camids, chunk: int = 1024) -> np.ndarray:
+    "The same count in torch (for GPU blocks; also runs on the CPU): each match slot compared with the whole row."
+    dev, (n, G) = d.device, d.shape
+    out, first = np.zeros(len(thr), np.int64), np.cumsum(m) - m
     gc = torch.as_tensor(g_camids, device=dev) if q_camids is not None else None
-    for c in range(0, len(rows), chunk):
-        r = torch.as_tensor(rows[c:c + chunk], device=dev)
-        d = distmat[r]
-        if d.dtype not in (torch.float32, torch.float64): d = d.to(torch.float32 if d.element_size() <= 2 else torch.float64)
-        if q_camids is not None: d[gc[None, :] == torch.as_tensor(q_camids, device=dev)[r][:, None]] = float("nan")
+    for c in range(0, n, chunk):
+        e = min(c + chunk, n)
+        mc = m[c:e]
+        if not mc.any(): continue
+        dc = d[c:e]
+        if dc.dtype not in (torch.float32, torch.float64):
+            dc = dc.to(torch.float32 if dc.element_size() <= 2 else torch.float64)
+        if q_camids is not None: keep = gc[None, :] != torch.as_tensor(q_camids[c:e], device=dev)[:, None]
         else:
-            a, b = np.searchsorted(jpos, [c, c + len(r)])
-            d[torch.as_tensor(jpos[a:b] - c, device=dev), torch.as_tensor(jg[a:b], device=dev)] = float("nan")
-        mr = m[rows[c:c + chunk]]
-        for s in range(mr[0]):
-            n = int(np.count_nonzero(mr > s))
-            k = first_t[r[:n]] + s
-            out[k] = (d[:n] <= thr_t[k].to(d.dtype)[:, None]).sum(1)
-    return out.cpu().numpy()
+            keep = torch.ones(e - c, G, dtype=torch.bool, device=dev)
+            a, b = np.searchsorted(jq, [c, e])
+            keep[torch.as_tensor(jq[a:b] - c, device=dev), torch.as_tensor(jg[a:b], device=dev)] = False
+        k0, k1 = first[c], first[e - 1] + m[e - 1]
+        rk = np.repeat(np.arange(e - c), mc)
+        pos = np.arange(k1 - k0) - (first[c:e] - k0)[rk]
+        T = torch.full((e - c, int(mc.max())), -float("inf"), dtype=dc.dtype, device=dev)
+        rk_t, pos_t = torch.as_tensor(rk, device=dev), torch.as_tensor(pos, device=dev)
+        T[rk_t, pos_t] = torch.as_tensor(thr[k0:k1], device=dev).to(dc.dtype)
+        cnt = torch.stack([((dc <= T[:, s:s + 1]) & keep).sum(1) for s in range(T.shape[1])], 1)
+        out[k0:k1] = cnt.cpu().numpy()[rk, pos]
+    return out
 
 # %% ../nbs/21_metrics.ipynb #d0cdb295
-def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, cross_camera: bool = False,
-                  backend: str = "auto", chunk: int | None = None) -> dict:
-    """Market-1501 protocol: CMC (length `max_rank`), mAP, mINP over the queries with a valid match (`num_valid`).
-    numpy or torch inputs, CPU or GPU. Ties: a non-match at the same distance as a match ranks before it."""
-    if backend not in ("auto", "numpy", "torch"): raise ValueError(f"unknown backend {backend!r}; expected auto, numpy or torch")
-    if not isinstance(distmat, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"distmat: expected a numpy array or a torch tensor, got {type(distmat).__name__}")
-    if distmat.ndim != 2: raise ValueError(f"distmat: expected a 2-D (num_query × num_gallery) matrix, got shape {tuple(distmat.shape)}")
-    if isinstance(distmat, torch.Tensor) and (distmat.is_complex() or distmat.dtype == torch.bool) or \
-       isinstance(distmat, np.ndarray) and distmat.dtype.kind not in "fiu":
-        raise TypeError(f"distmat: expected real numbers, got dtype {distmat.dtype}")
-    nq, ng = distmat.shape
-    q_pids, g_pids, q_camids, g_camids = (np.asarray(_to_numpy(a)).reshape(-1) for a in (q_pids, g_pids, q_camids, g_camids))
-    for name, a, n in (("q_pids", q_pids, nq), ("q_camids", q_camids, nq), ("g_pids", g_pids, ng), ("g_camids", g_camids, ng)):
+def _labels(q_pids, g_pids, q_camids, g_camids, nq: int | None = None, ng: int | None = None):
+    "The four label arrays as flat numpy arrays, their lengths checked."
+    labels = [np.asarray(_to_numpy(a)).reshape(-1) for a in (q_pids, g_pids, q_camids, g_camids)]
+    q_pids, g_pids, q_camids, g_camids = labels
+    nq, ng = len(q_pids) if nq is None else nq, len(g_pids) if ng is None else ng
+    for name, a, n in zip(("q_pids", "g_pids", "q_camids", "g_camids"), labels, (nq, ng, nq, ng)):
         if len(a) != n: raise ValueError(f"{name}: expected {n} entries (distmat is {nq} × {ng}), got {len(a)}")
-    if max_rank < 1: raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    use_torch = backend == "torch" or (backend == "auto" and isinstance(distmat, torch.Tensor) and distmat.device.type != "cpu")
-    if use_torch: distmat = _as_tensor(distmat, "distmat")
-    elif isinstance(distmat, torch.Tensor): distmat = distmat.detach().cpu().numpy()
+    return q_pids, g_pids, q_camids, g_camids
 
-    qi, gi = _same_pid_pairs(q_pids, g_pids)
-    junk = (g_camids[gi] == q_camids[qi])
-    mq, mg = qi[~junk], gi[~junk]                                    # the correct matches, by query then gallery index
-    m = np.bincount(mq, minlength=nq)
+def _check_block(blk, start: int, nq: int, ng: int):
+    if not isinstance(blk, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"distmat: expected a numpy array or a torch tensor, got {type(blk).__name__}")
+    if blk.ndim != 2 or blk.shape[1] != ng or not 0 <= start <= nq - blk.shape[0]:
+        raise ValueError(f"distmat: expected rows of the {nq} × {ng} (num_query × num_gallery) matrix, "
+                         f"got shape {tuple(blk.shape)} at query {start}")
+    if isinstance(blk, torch.Tensor) and (blk.is_complex() or blk.dtype == torch.bool) or \
+       isinstance(blk, np.ndarray) and blk.dtype.kind not in "fiu":
+        raise TypeError(f"distmat: expected real numbers, got dtype {blk.dtype}")
+    return blk
+
+def _summarise(mq, mg, thr, le, m, first, max_rank: int) -> dict:
+    "CMC, mAP, mINP from the counts `le` of the matches (mq, mg) at distances `thr`."
+    nq = len(m)
     valid = np.flatnonzero(m > 0)
     if len(valid) == 0: raise ValueError("no query has a correct match in the gallery (after removing junk)")
-    rows = valid[np.argsort(-m[valid], kind="stable")]              # decreasing number of matches
-    first = np.cumsum(m) - m
-    thr = _to_numpy(distmat[_index(distmat, mq), _index(distmat, mg)])
-    if np.isnan(thr).any(): raise ValueError("distmat: NaN distance between a query and one of its correct matches")
-    order_pos = np.full(nq, -1); order_pos[rows] = np.arange(len(rows))
-    jpos, jg = _junk_slices(order_pos, qi[junk], gi[junk])
-    cams = (q_camids, g_camids) if cross_camera else (None, g_camids)
-    count = _count_le_torch if use_torch else _count_le_numpy
-    kw = {} if chunk is None else dict(chunk=chunk)
-    le = count(distmat, rows, m, first, thr, jpos, jg, *cams, **kw)
-
     # the matches of each query by (distance, gallery index): p = rank among them; n_le = #matches with d <= t
     o = np.lexsort((mg, thr, mq))
     mq_o, t_o, le_o = mq[o], thr[o], le[o]
@@ -176,4 +191,62 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     return dict(cmc=cmc, mAP=float(ap.mean()), mINP=float(inp.mean()), num_valid=int(len(valid)),
                 AP=ap, INP=inp, valid=valid)
 
+def evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, cross_camera: bool = False,
+                    backend: str = "auto", chunk: int | None = None) -> dict:
+    """The protocol over distances given a block of queries at a time: `blocks` yields `(start, block)`, `block` the
+    distances of queries `start:start+len(block)` to the whole gallery (numpy or torch, CPU or GPU); every query once,
+    in any order."""
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; expected auto, numpy or torch")
+    if max_rank < 1: raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    q_pids, g_pids, q_camids, g_camids = _labels(q_pids, g_pids, q_camids, g_camids)
+    nq, ng = len(q_pids), len(g_pids)
+    qi, gi = _same_pid_pairs(q_pids, g_pids)
+    junk = g_camids[gi] == q_camids[qi]
+    mq, mg, jq, jg = qi[~junk], gi[~junk], qi[junk], gi[junk]          # matches and junk, by query then gallery index
+    m = np.bincount(mq, minlength=nq)
+    first = np.cumsum(m) - m
+    thr, le, seen = np.zeros(len(mq)), np.zeros(len(mq), np.int64), np.zeros(nq, bool)
+    kw = {} if chunk is None else dict(chunk=chunk)
+    for a, blk in blocks:
+        blk = _check_block(blk, a, nq, ng)
+        b = a + len(blk)
+        if seen[a:b].any(): raise ValueError(f"distance blocks: queries {a}:{b} overlap a block given before")
+        seen[a:b] = True
+        k0, k1 = np.searchsorted(mq, [a, b])
+        t = _to_numpy(blk[_index(blk, mq[k0:k1] - a), _index(blk, mg[k0:k1])])
+        if np.isnan(t).any(): raise ValueError("distmat: NaN distance between a query and one of its correct matches")
+        thr[k0:k1] = t
+        on_device = isinstance(blk, torch.Tensor) and blk.device.type != "cpu"
+        use_torch = backend == "torch" or (backend == "auto" and on_device)
+        if use_torch: blk = _as_tensor(blk, "distmat")
+        elif isinstance(blk, torch.Tensor): blk = blk.detach().cpu().numpy()
+        j0, j1 = np.searchsorted(jq, [a, b])
+        cams = (q_camids[a:b], g_camids) if cross_camera else (None, g_camids)
+        count = _count_le_torch if use_torch else _count_le_numpy
+        t = t.astype(np.float64) if t.dtype.kind != "f" else t
+        le[k0:k1] = count(blk, m[a:b], t, jq[j0:j1] - a, jg[j0:j1], *cams, **kw)
+    if not seen.all(): raise ValueError(f"distance blocks: {int((~seen).sum())} of {nq} queries were not given")
+    return _summarise(mq, mg, thr, le, m, first, max_rank)
+
 def _index(x, i): return torch.as_tensor(i, device=x.device) if isinstance(x, torch.Tensor) else i
+
+# %% ../nbs/21_metrics.ipynb #500d0519
+def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, cross_camera: bool = False,
+                  backend: str = "auto", chunk: int | None = None) -> dict:
+    """Market-1501 protocol: CMC (length `max_rank`), mAP, mINP over the queries with a valid match (`num_valid`).
+    numpy or torch inputs, CPU or GPU. Ties: a non-match at the same distance as a match ranks before it."""
+    if not isinstance(distmat, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"distmat: expected a numpy array or a torch tensor, got {type(distmat).__name__}")
+    if distmat.ndim != 2:
+        raise ValueError(f"distmat: expected a 2-D (num_query × num_gallery) matrix, got shape {tuple(distmat.shape)}")
+    labels = _labels(q_pids, g_pids, q_camids, g_camids, *distmat.shape)
+    return evaluate_blocks([(0, distmat)], *labels, max_rank=max_rank, cross_camera=cross_camera, backend=backend,
+                           chunk=chunk)
+
+# %% ../nbs/21_metrics.ipynb #2a4f3818
+def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = "cosine", max_rank: int = 50,
+                      cross_camera: bool = False, block: int | None = None) -> dict:
+    "`evaluate_rank` of the distances between query and gallery features, computed and ranked block by block."
+    return evaluate_blocks(distance_blocks(qf, gf, metric, block), q_pids, g_pids, q_camids, g_camids, max_rank,
+                           cross_camera)

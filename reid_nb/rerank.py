@@ -6,9 +6,12 @@
 from __future__ import annotations
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from .metrics import METRICS, _check_features, _dist_block, _prep
 
 # %% auto #0
-__all__ = ['re_ranking_reference', 're_ranking']
+__all__ = ['re_ranking_reference', 're_ranking', 'rerank_blocks', 'rerank_features']
 
 # %% ../nbs/22_rerank.ipynb #9a1dee9b
 def re_ranking_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
@@ -157,45 +160,18 @@ def _min_sum(qi, qk, qv, col_ptr, ncol, col_rows, col_vals, n_cols: int, out: to
     out.view(-1).index_add_(0, qi[rep] * n_cols + col_rows[pos], v)
     return out
 
-# %% ../nbs/22_rerank.ipynb #ebb68b0a
-def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-               chunk: int = 1024, pair_budget: int = 1 << 22, device=None) -> torch.Tensor:
-    """k-reciprocal re-ranking (Zhong et al. 2017) of a query×gallery distance; exact to the classic dense
-    algorithm (inputs squared, column-max normalised; ties by index), computed sparsely. Returns a float32 q×g tensor."""
-    qg, qq, gg = (_as_tensor(x, n) for x, n in ((q_g_dist, "q_g_dist"), (q_q_dist, "q_q_dist"), (g_g_dist, "g_g_dist")))
-    nq, ng = qg.shape if qg.ndim == 2 else (None, None)
-    if qg.ndim != 2 or tuple(qq.shape) != (nq, nq) or tuple(gg.shape) != (ng, ng):
-        raise ValueError(f"expected q_g_dist (q×g), q_q_dist (q×q), g_g_dist (g×g); got {tuple(qg.shape)}, {tuple(qq.shape)}, {tuple(gg.shape)}")
-    N = nq + ng
-    if not (isinstance(k1, int) and isinstance(k2, int) and k1 >= 1 and k2 >= 1):
-        raise ValueError(f"k1 and k2 must be positive integers, got k1={k1!r}, k2={k2!r}")
-    if max(k1 + 1, k2) > N: raise ValueError(f"k1+1={k1 + 1} and k2={k2} must not exceed the number of images q+g={N}")
-    if not 0 <= lambda_value <= 1: raise ValueError(f"lambda_value must lie in [0, 1], got {lambda_value}")
-    dev = torch.device(device) if device is not None else qg.device
-    qg, qq, gg = (x.to(dev) for x in (qg, qq, gg))
-    for x, n in ((qg, "q_g_dist"), (qq, "q_q_dist"), (gg, "g_g_dist")):
-        if not x.is_floating_point(): raise TypeError(f"{n}: expected floating-point distances, got {x.dtype}")
-    K = max(k1 + 1, k2)
-
-    # 1. the first K of each row's ranking, and the column maxima
-    R = torch.empty(N, K, dtype=torch.int64, device=dev)
-    colmax = torch.empty(N, dtype=torch.float32, device=dev)
-    buf = torch.empty(min(chunk, N), N, dtype=torch.promote_types(torch.promote_types(qg.dtype, qq.dtype), gg.dtype), device=dev)
-    for a in range(0, N, chunk):
-        rows, cm = _d_rows(qg, qq, gg, a, min(a + chunk, N), buf)
-        if torch.isnan(cm).any(): raise ValueError("re_ranking: the distances contain NaN")   # amax propagates NaN
-        colmax[a:a + len(rows)] = cm
-        R[a:a + len(rows)] = _stable_topk(rows, K)
-    del buf, rows
-
+# %% ../nbs/22_rerank.ipynb #3fca8089
+def _jaccard_blocks(R, d_at, orig_rows, nq: int, ng: int, k1: int, k2: int, lambda_value: float, chunk: int,
+                    pair_budget: int, progress: bool = False):
+    """Steps 2-4 from the neighbour table `R` (N×K, each row's ranking): the expanded k-reciprocal sets, their Gaussian
+    encoding `V`, query expansion and the Jaccard term; yields `(a, final distances of queries a:b)`. `d_at(i, e)`: D at
+    index pairs; `orig_rows(a, b)`: the rows a:b of D's query × gallery block."""
+    N, dev = nq + ng, R.device
     # 2. V: expanded k-reciprocal sets with Gaussian weights, normalised per row
     E = _expanded_sets(R[:, :k1 + 1], k1)
     valid = E < N
-    rr = torch.arange(N, device=dev)[:, None].expand_as(E)
-    w = torch.where(valid, torch.exp(-_d_at(qg, qq, gg, colmax, rr, E.clamp(max=N - 1))), 0.0)
-    Vv = w / w.sum(1, keepdim=True)
-    Vi = E
-
+    w = torch.where(valid, torch.exp(-d_at(E.clamp(max=N - 1), valid)), 0.0)
+    Vv, Vi = w / w.sum(1, keepdim=True), E
     # 3. local query expansion: the mean of V over the k2 nearest rows
     if k2 != 1:
         parts_i, parts_v = [], []
@@ -206,9 +182,9 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
         W = max(p.shape[1] for p in parts_i)
         Vi = torch.cat([torch.nn.functional.pad(p, (0, W - p.shape[1]), value=N) for p in parts_i])
         Vv = torch.cat([torch.nn.functional.pad(p, (0, W - p.shape[1]), value=0.0) for p in parts_v]) / k2
-    del R, E, w
-
-    # 4. Jaccard distance over the sparse V: inverted index (column order) of the gallery rows; padding (index N) sorts last
+    del E, w
+    # 4. Jaccard distance over the sparse V: inverted index (column order) of the gallery rows;
+    # padding (index N) sorts last
     W = Vi.shape[1]
     col = Vi[nq:].flatten()
     order = torch.sort(col, stable=True).indices
@@ -218,16 +194,53 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     col_ptr[1:] = torch.cumsum(torch.bincount(col, minlength=N + 1), 0)    # bucket N holds the padding
     ncol = col_ptr[1:N + 2] - col_ptr[:N + 1]
     ncol[N] = 0                                                            # padding entries meet nothing
-    final = torch.empty(nq, ng, dtype=torch.float32, device=dev)
     lens = ncol[Vi[:nq]].sum(1)
     bounds = _split(torch.cumsum(lens, 0).cpu().numpy(), pair_budget)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="re-ranking: Jaccard", disable=not progress, leave=False):
         qi = torch.arange(b - a, device=dev).repeat_interleave(W)
         tm = _min_sum(qi, Vi[a:b].flatten(), Vv[a:b].flatten(), col_ptr, ncol, row, val, ng,
                       torch.zeros(b - a, ng, dtype=torch.float32, device=dev))
         jac = tm.div_(2 - tm).neg_().add_(1).mul_(1 - lambda_value)            # (1 - tm/(2 - tm))·(1-λ), in place
-        orig = _sq(qg[a:b]).div_(colmax[a:b, None]).mul_(lambda_value)         # D[i, nq+j]·λ
-        torch.add(jac, orig, out=final[a:b])
+        yield a, jac.add_(orig_rows(a, b).mul_(lambda_value))                  # + D[i, nq+j]·λ
+
+# %% ../nbs/22_rerank.ipynb #ebb68b0a
+def _check_k(k1, k2, lambda_value, N):
+    if not (isinstance(k1, int) and isinstance(k2, int) and k1 >= 1 and k2 >= 1):
+        raise ValueError(f"k1 and k2 must be positive integers, got k1={k1!r}, k2={k2!r}")
+    if max(k1 + 1, k2) > N: raise ValueError(f"k1+1={k1 + 1} and k2={k2} must not exceed the number of images q+g={N}")
+    if not 0 <= lambda_value <= 1: raise ValueError(f"lambda_value must lie in [0, 1], got {lambda_value}")
+
+def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               chunk: int = 1024, pair_budget: int = 1 << 22, device=None) -> torch.Tensor:
+    """k-reciprocal re-ranking (Zhong et al. 2017) of a query×gallery distance; exact to the classic dense
+    algorithm (inputs squared, column-max normalised; ties by index), computed sparsely. Returns a float32 q×g tensor."""
+    qg, qq, gg = (_as_tensor(x, n) for x, n in ((q_g_dist, "q_g_dist"), (q_q_dist, "q_q_dist"), (g_g_dist, "g_g_dist")))
+    nq, ng = qg.shape if qg.ndim == 2 else (None, None)
+    if qg.ndim != 2 or tuple(qq.shape) != (nq, nq) or tuple(gg.shape) != (ng, ng):
+        raise ValueError(f"expected q_g_dist (q×g), q_q_dist (q×q), g_g_dist (g×g); got {tuple(qg.shape)}, {tuple(qq.shape)}, {tuple(gg.shape)}")
+    N = nq + ng
+    _check_k(k1, k2, lambda_value, N)
+    dev = torch.device(device) if device is not None else qg.device
+    qg, qq, gg = (x.to(dev) for x in (qg, qq, gg))
+    for x, n in ((qg, "q_g_dist"), (qq, "q_q_dist"), (gg, "g_g_dist")):
+        if not x.is_floating_point(): raise TypeError(f"{n}: expected floating-point distances, got {x.dtype}")
+    K = max(k1 + 1, k2)
+    # 1. the first K of each row's ranking, and the column maxima
+    R = torch.empty(N, K, dtype=torch.int64, device=dev)
+    colmax = torch.empty(N, dtype=torch.float32, device=dev)
+    buf = torch.empty(min(chunk, N), N, dtype=torch.promote_types(torch.promote_types(qg.dtype, qq.dtype), gg.dtype), device=dev)
+    for a in range(0, N, chunk):
+        rows, cm = _d_rows(qg, qq, gg, a, min(a + chunk, N), buf)
+        if torch.isnan(cm).any(): raise ValueError("re_ranking: the distances contain NaN")   # amax propagates NaN
+        colmax[a:a + len(rows)] = cm
+        R[a:a + len(rows)] = _stable_topk(rows, K)
+    del buf, rows
+    rr = torch.arange(N, device=dev)[:, None]
+    final = torch.empty(nq, ng, dtype=torch.float32, device=dev)
+    d_at = lambda e, _: _d_at(qg, qq, gg, colmax, rr.expand_as(e), e)
+    orig_rows = lambda a, b: _sq(qg[a:b]).div_(colmax[a:b, None])
+    for a, blk in _jaccard_blocks(R, d_at, orig_rows, nq, ng, k1, k2, lambda_value, chunk, pair_budget):
+        final[a:a + len(blk)] = blk
     return final
 
 def _split(cum_pairs: np.ndarray, budget: int) -> list[int]:
@@ -244,3 +257,154 @@ def _as_tensor(x, name):
     if isinstance(x, torch.Tensor): return x
     if isinstance(x, np.ndarray): return torch.from_numpy(x)
     raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+
+# %% ../nbs/22_rerank.ipynb #ec97cf31
+def _merge_topk(vals, idx, a: int, b: int, S: torch.Tensor, col0: int):
+    "Merge the C smallest entries of each row of `S` (columns col0+...) into the running (vals, idx) of rows a:b."
+    C = vals.shape[1]
+    v, i = S.topk(min(C, S.shape[1]), dim=1, largest=False)
+    cv, ci = torch.cat([vals[a:b], v], 1), torch.cat([idx[a:b], i + col0], 1)
+    v, p = cv.topk(C, dim=1, largest=False)
+    vals[a:b], idx[a:b] = v, ci.gather(1, p)
+
+def _below(S: torch.Tensor, tau: torch.Tensor, dim: int):
+    "(row, column) of the entries of `S` below `tau`: one threshold per row (dim=1) or per column (dim=0)."
+    t = tau[:, None] if dim == 1 else tau[None, :]
+    if S.device.type != "cpu": return (S < t).nonzero(as_tuple=True)
+    # numpy: a sparse mask's nonzeros, fast on the CPU
+    f = torch.from_numpy(np.flatnonzero(S.numpy() < t.numpy()))
+    return f // S.shape[1], f % S.shape[1]
+
+def _merge_entries(vals, idx, a: int, n: int, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor):
+    """Merge new entries (row a + r, column c, value v >= 0; no (row, column) seen before) into the running C smallest
+    of rows a:a+n, kept in increasing order: one sort of the touched rows' old and new entries by (row, value). numpy on
+    the CPU (its sort and fancy indexing are several times faster there), torch on a GPU."""
+    if len(r) == 0: return
+    xp, dev = (np, None) if vals.device.type == "cpu" else (torch, vals.device)
+    if xp is np: vals, idx, r, c, v = vals.numpy(), idx.numpy(), r.numpy(), c.numpy(), v.numpy()    # views, no copies
+    ar = (lambda k: np.arange(k)) if xp is np else (lambda k: torch.arange(k, device=dev))
+    C = vals.shape[1]
+    u = xp.flatnonzero(xp.bincount(r, minlength=n)) if xp is np else \
+        (torch.bincount(r, minlength=n) > 0).nonzero().flatten()
+    slot = xp.zeros(n, dtype=xp.int64) if xp is np else torch.zeros(n, dtype=torch.int64, device=dev)
+    slot[u] = ar(len(u))
+    rows = xp.concatenate([ar(len(u)).repeat(C) if xp is np else ar(len(u)).repeat_interleave(C), slot[r]])
+    allv, alli = xp.concatenate([vals[a + u].reshape(-1), v]), xp.concatenate([idx[a + u].reshape(-1), c])
+    bits = allv.view(np.int32).astype(np.int64) if xp is np else allv.view(torch.int32).long()
+    key = (rows << 32) | bits                                               # a float >= 0 orders as its bits
+    o = xp.argsort(key)
+    rs = rows[o]
+    cnt = xp.bincount(rs, minlength=len(u))
+    pos = ar(len(o)) - (xp.cumsum(cnt, 0) - cnt)[rs]
+    keep = pos < C                                                          # every row has at least its C old entries
+    nv, ni = vals[a + u], idx[a + u]                                        # copies (fancy indexing), then written back
+    nv[rs[keep], pos[keep]], ni[rs[keep], pos[keep]] = allv[o[keep]], alli[o[keep]]
+    vals[a + u], idx[a + u] = nv, ni
+
+def _edges(n: int, block: int) -> list[int]:
+    "Boundaries of about-equal blocks of at most `block` items."
+    nb = max(1, -(-n // block))
+    return [round(i * n / nb) for i in range(nb + 1)]
+
+# %% ../nbs/22_rerank.ipynb #b96ee086
+def _feature_neighbours(Fp, F2, metric: str, K: int, block: int, margin: int, progress: bool):
+    """Each row's first K by the stable order of D (ties by index), the row maxima of the squared distances, the
+    candidates (indices, squared distances) and the number of rows recomputed in full; one pass over the upper
+    triangle of blocks."""
+    N, dev = len(Fp), Fp.device
+    C = min(K + margin, N)
+    vals = torch.full((N, C), float("inf"), device=dev)
+    idx = torch.zeros(N, C, dtype=torch.int64, device=dev)
+    rowmax = torch.full((N,), -float("inf"), device=dev)
+    e = _edges(N, block)
+    # diagonal blocks first: they seed every row's
+    nb = len(e) - 1
+    pairs = [(i, i) for i in range(nb)] + [(i, j) for i in range(nb) for j in range(i + 1, nb)]   # C candidates
+    sq = lambda a, b: F2[a:b] if F2 is not None else None
+    for i, j in tqdm(pairs, desc="re-ranking: distances", disable=not progress, leave=False):
+        (a, b), (c, d) = e[i:i + 2], e[j:j + 2]
+        S = _dist_block(Fp[a:b], sq(a, b), Fp[c:d], sq(c, d), metric)
+        # squared, as the classic code squares its inputs
+        S.mul_(S)
+        rowmax[a:b] = torch.maximum(rowmax[a:b], S.amax(1))
+        if i == j:
+            _merge_topk(vals, idx, a, b, S, c)
+            continue
+        rowmax[c:d] = torch.maximum(rowmax[c:d], S.amax(0))
+        # only what beats a row's C-th candidate so far
+        r, k = _below(S, vals[a:b, -1], 1)
+        _merge_entries(vals, idx, a, b - a, r, k + c, S[r, k])
+        r, k = _below(S, vals[c:d, -1], 0)                                 # the same for the block's columns
+        _merge_entries(vals, idx, c, d - c, k, r + a, S[r, k])
+    if not torch.isfinite(rowmax).all(): raise ValueError("rerank_features: the features give non-finite distances")
+    D = vals / rowmax[:, None]
+    cand_idx, cand_S = idx, vals
+    idx, o = idx.sort(dim=1)                                               # by index, then stably by D: ties by index
+    D = D.gather(1, o)
+    D, o = D.sort(dim=1, stable=True)
+    R = idx.gather(1, o)[:, :K]
+    # a row is settled when the K-th of D is below every
+    if C < N:
+        # excluded item's D; else: its full row, exactly
+        bad = (D[:, K - 1] >= vals.amax(1) / rowmax).nonzero().flatten()
+        for g in range(0, len(bad), block):
+            rows = bad[g:g + block]
+            pad = torch.cat([rows, torch.arange(min(block, N), device=dev)])[:max(len(rows), min(block, N))]
+            S = torch.cat([_dist_block(Fp[pad], F2[pad] if F2 is not None else None, Fp[c:d], sq(c, d), metric)
+                           for c, d in zip(e[:-1], e[1:])], 1)[:len(rows)]
+            R[rows] = _stable_topk(S.mul_(S).div_(rowmax[rows, None]), K)
+    return R, rowmax, cand_idx, cand_S, len(bad) if C < N else 0
+
+# %% ../nbs/22_rerank.ipynb #d5ede844
+def _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S, chunk: int = 4096):
+    """d_at(E, valid): D[i, E[i, w]] = (distance of images i and E[i, w])² / rowmax[i] where `valid`: the squared dist.
+    kept in the pass over the blocks when E[i, w] is one of row i's candidates, else from the two features."""
+    def d_at(E, valid):
+        S = torch.zeros(E.shape, dtype=torch.float32, device=E.device)
+        for a in range(0, len(E), chunk):
+            eq = E[a:a + chunk, :, None] == cand_idx[a:a + chunk, None, :]         # (c, W, C): which candidate, if any
+            # one candidate at most matches
+            S[a:a + chunk] = torch.where(eq, cand_S[a:a + chunk, None, :], 0.0).sum(-1)
+            miss = valid[a:a + chunk] & ~eq.any(-1)
+            i, w = miss.nonzero(as_tuple=True)
+            if len(i):
+                e, i = E[a + i, w], a + i
+                dot = (Fp[i] * Fp[e]).sum(1)
+                if metric == "cosine": d = 1.0 - dot
+                else:
+                    d = (F2[i] + F2[e]).add_(dot, alpha=-2).clamp_(min=0)
+                    if metric == "euclidean": d = d.sqrt_()
+                S[i, w] = d * d
+        return S / rowmax[:, None]
+    return d_at
+
+# %% ../nbs/22_rerank.ipynb #c2177a9f
+def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine",
+                  block: int = 8192, pair_budget: int = 1 << 22, margin: int = 8, device=None, progress: bool = False):
+    """k-reciprocal re-ranking from query and gallery features, yielding `(a, re-ranked distances of queries a:b)`;
+    equal to `re_ranking` of the three distance matrices of `metric`, never holding an N×N array."""
+    qf, gf = _check_features(qf, gf, metric)
+    nq, ng = len(qf), len(gf)
+    _check_k(k1, k2, lambda_value, nq + ng)
+    dev = torch.device(device) if device is not None else qf.device
+    F = torch.cat([qf.to(dev).float(), gf.to(dev).float()])
+    if not torch.isfinite(F).all(): raise ValueError("rerank_features: the features contain NaN or infinite values")
+    Fp, F2 = _prep(F, metric)
+    del F
+    R, rowmax, cand_idx, cand_S, _ = _feature_neighbours(Fp, F2, metric, max(k1 + 1, k2), block, margin, progress)
+    sq = lambda a, b: F2[a:b] if F2 is not None else None
+    def orig_rows(a, b):
+        S = _dist_block(Fp[a:b], sq(a, b), Fp[nq:], sq(nq, None), metric)
+        return S.mul_(S).div_(rowmax[a:b, None])
+    d_at = _feature_d_at(Fp, F2, metric, rowmax, cand_idx, cand_S)
+    yield from _jaccard_blocks(R, d_at, orig_rows, nq, ng, k1, k2, lambda_value, 1024, pair_budget, progress)
+
+# %% ../nbs/22_rerank.ipynb #27c0ced4
+def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "cosine",
+                    **kw) -> torch.Tensor:
+    "The re-ranked query × gallery distances (float32) of `rerank_blocks`, gathered."
+    out = None
+    for a, blk in rerank_blocks(qf, gf, k1, k2, lambda_value, metric, **kw):
+        if out is None: out = torch.empty(len(qf), blk.shape[1], dtype=blk.dtype, device=blk.device)
+        out[a:a + len(blk)] = blk
+    return out

@@ -116,3 +116,19 @@ def test_evaluation_and_reranking_on_the_device_equal_the_cpu():
     rr_gpu = re_ranking(compute_distance(dq, dg), compute_distance(dq, dq), compute_distance(dg, dg))
     assert rr_gpu.device.type == DEV.type
     assert torch.allclose(rr_gpu.cpu(), rr_cpu, atol=1e-4), float((rr_gpu.cpu() - rr_cpu).abs().max())
+
+
+def test_evaluation_and_reranking_from_features_on_the_device_equal_the_cpu():
+    "The block-wise paths (issue 30) with their blocks on the device: the same numbers as on the CPU."
+    from reid_nb.metrics import evaluate_features
+    from reid_nb.rerank import rerank_features
+    qf, gf, qp, gp, qc, gc = eval_problem("tiny", device="cpu")
+    dq, dg = qf.to(DEV), gf.to(DEV)
+    for metric in ("cosine", "euclidean"):
+        cpu = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, block=16)
+        dev = evaluate_features(dq, dg, qp, gp, qc, gc, metric=metric, block=16)
+        assert abs(cpu["mAP"] - dev["mAP"]) < 1e-6 and abs(cpu["mINP"] - dev["mINP"]) < 1e-6
+        rr_cpu = rerank_features(qf, gf, metric=metric, block=64, pair_budget=2000)
+        rr_dev = rerank_features(dq, dg, metric=metric, block=64, pair_budget=2000)
+        assert rr_dev.device.type == DEV.type
+        assert torch.allclose(rr_dev.cpu(), rr_cpu, atol=1e-4), float((rr_dev.cpu() - rr_cpu).abs().max())
