@@ -4,7 +4,8 @@
 
 # %% ../nbs/28_core.ipynb #da05cc41
 from __future__ import annotations
-import argparse, contextlib, dataclasses, errno, json, math, os, re, shutil, signal, socket, sys, tempfile, threading, time, typing
+import argparse, contextlib, dataclasses, errno, json, math, os, re, shutil, signal, socket, sys, tempfile, threading
+import time, typing
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -78,20 +79,20 @@ def sweep_orphans(folder, name: str = "") -> list[Path]:
         removed.append(p)
     return removed
 
-DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)   # no space, over the quota, over the size limit
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)   # no space; over a quota, a size limit
 
 class DiskFull(OSError):
     "A file could not be written: the disk, a quota or the file-size limit is full. The message names the file."
 
 def disk_full_errno(e: BaseException) -> int | None:
-    "ENOSPC, EDQUOT or EFBIG when `e` is a write refused for lack of space (also a Rust library's '(os error N)'), else None."
+    "ENOSPC, EDQUOT or EFBIG when `e` is a write refused for lack of space (also a Rust '(os error N)'), else None."
     if isinstance(e, OSError) and e.errno in DISK_FULL: return e.errno
     m = re.search(r"\(os error (\d+)\)", str(e))                   # safetensors reports an io::Error as text
     return int(m.group(1)) if m and int(m.group(1)) in DISK_FULL else None
 
 def atomic_write(path, write_fn):
-    """Call `write_fn(tmp_path)`, fsync, then atomically rename the temporary file to `path` (removing temporaries of killed
-    writers first). A full disk (or quota, or file-size limit) is a `DiskFull` naming `path`; `path` is left as it was."""
+    """Call `write_fn(tmp_path)`, fsync, then atomically rename the temporary file to `path` (removing temporaries of
+    killed writers first). A full disk (or quota, or file-size limit) is a `DiskFull` naming `path`, left as it was."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(path.parent, path.name + ".tmp")
     tmp = temp_name(path)
@@ -122,7 +123,7 @@ class FolderLocked(RuntimeError):
     "The folder is locked by another live process."
 
 def _os_lock(fd: int, take: bool = True) -> bool:
-    "Take (without waiting) or drop the operating system's exclusive lock on open file `fd`; False when another holds it."
+    "Take (without waiting) or drop the operating system's exclusive lock on open file `fd`; False: another holds it."
     if os.name == "nt":                                                  # Windows: a lock on the file's first byte
         import msvcrt
         os.lseek(fd, 0, os.SEEK_SET)
@@ -135,8 +136,8 @@ def _os_lock(fd: int, take: bool = True) -> bool:
     return True
 
 class FolderLock:
-    """An exclusive lock on `folder` for a `with` block: the OS's lock on `folder/.reid_nb.lock`, which also holds the owner's
-    PID and host (for the message). The kernel drops a dead process's lock, so one left by a killed run is taken over."""
+    """An exclusive lock on `folder` for a `with` block: the OS's lock on `folder/.reid_nb.lock`, which also holds the
+    owner's PID and host (for the message). The kernel drops a dead process's lock: one left by a killed run is free."""
     NAME = ".reid_nb.lock"
 
     def __init__(self, folder, what: str = "reid-nb"):
@@ -150,8 +151,10 @@ class FolderLock:
         except (OSError, ValueError): return {}
 
     def _refused(self, owner: dict | None) -> FolderLocked:
-        who = f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('what')}, since {owner.get('since')})" if owner else "another process"
-        return FolderLocked(f"{self.folder} is in use by {who}; wait for it to finish, or, if that process is gone, delete {self.path}")
+        who = (f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('what')}, since {owner.get('since')})"
+               if owner else "another process")
+        return FolderLocked(f"{self.folder} is in use by {who}; wait for it to finish, or, if that process is gone, "
+                            f"delete {self.path}")
 
     def acquire(self) -> "FolderLock":
         self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]    # deepest first
@@ -162,12 +165,14 @@ class FolderLock:
                 if not _os_lock(fd): raise self._refused(self.owner())          # a live process holds it
                 try: now = os.stat(self.path)
                 except FileNotFoundError: continue
-                if not os.path.samestat(now, os.fstat(fd)): continue             # its holder deleted it as we opened it: retry
+                if not os.path.samestat(now, os.fstat(fd)): continue     # its holder deleted it as we opened it: retry
                 owner = self.owner() if now.st_size else None                    # what a killed holder left
                 if owner and owner.get("host", socket.gethostname()) != socket.gethostname(): raise self._refused(owner)
                 if owner is not None:
-                    print(f"{self.path}: taking over a stale lock of PID {owner.get('pid', '?')} (no process holds it)", file=sys.stderr)
-                me = dict(pid=os.getpid(), host=socket.gethostname(), what=self.what, since=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    print(f"{self.path}: taking over a stale lock of PID {owner.get('pid', '?')} (no process holds it)",
+                          file=sys.stderr)
+                me = dict(pid=os.getpid(), host=socket.gethostname(), what=self.what,
+                          since=time.strftime("%Y-%m-%d %H:%M:%S"))
                 os.ftruncate(fd, 0); os.write(fd, json.dumps(me).encode())
                 self.fd, fd, self.held = fd, None, True
                 return self
@@ -176,12 +181,12 @@ class FolderLock:
         raise FolderLocked(f"{self.path}: could not take the lock (other processes keep replacing it)")
 
     def release(self):
-        "Delete the lock file and drop the lock if this process holds it, and the folders the lock made when nothing was written into them."
+        "Delete the lock file and drop the lock if this process holds it; remove the folders the lock made if empty."
         if self.fd is not None:
-            try: mine = os.path.samestat(os.stat(self.path), os.fstat(self.fd))   # not deleted by hand and made anew by another
+            try: mine = os.path.samestat(os.stat(self.path), os.fstat(self.fd))   # not deleted by hand and made anew
             except FileNotFoundError: mine = False
-            if mine and os.name != "nt": self.path.unlink()      # before the lock goes: a waiting process then finds no file, or a new one
-            _os_lock(self.fd, take=False); os.close(self.fd); self.fd = None   # unlock first: forked workers share the open file
+            if mine and os.name != "nt": self.path.unlink()     # before the lock goes: a waiting process finds no file
+            _os_lock(self.fd, take=False); os.close(self.fd); self.fd = None   # unlock: forked workers share the file
             if mine and os.name == "nt": self.path.unlink(missing_ok=True)     # Windows deletes no open file
         for p in self.created if self.held else ():
             try: p.rmdir()                       # only an empty folder: a run that failed before writing leaves nothing behind
@@ -193,7 +198,7 @@ class FolderLock:
 
 # %% ../nbs/28_core.ipynb #d874a6ac
 class Interrupted(KeyboardInterrupt):
-    "A command stopped by SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a scheduler, a container stop); `status` is 128 + N."
+    "A command stopped by SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a scheduler, a container stop): status 128+N."
     def __init__(self, signum: int, message: str = ""):
         self.signum = int(signum)
         super().__init__(message or f"interrupted by {self.name}")
@@ -205,7 +210,7 @@ class Interrupted(KeyboardInterrupt):
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 class _Stop:
-    "The state the handler shares with the code: how many `deferred_signals` blocks are open, and the signal recorded in them."
+    "What the handler shares with the code: how many `deferred_signals` blocks are open, and the signal noted in them."
     depth, pending = 0, None
 
 def _on_signal(signum, frame):
@@ -214,7 +219,7 @@ def _on_signal(signum, frame):
 
 @contextlib.contextmanager
 def stop_on_signals():
-    "Within the block SIGINT and SIGTERM raise `Interrupted` (signals whose handler is Python's default, in the main thread)."
+    "Within the block SIGINT and SIGTERM raise `Interrupted` (where their handler is Python's default; main thread)."
     if threading.current_thread() is not threading.main_thread(): yield; return
     old = {}
     for s in filter(None, (getattr(signal, n, None) for n in STOP_SIGNALS)):
@@ -225,8 +230,9 @@ def stop_on_signals():
 
 @contextlib.contextmanager
 def deferred_signals():
-    """Within the block a first signal taken by `stop_on_signals` is recorded, not raised: the code polls `stop_requested()`
-    where its state is whole and stops there; a second signal raises at once, and one still pending at the end is raised then."""
+    """Within the block a first signal taken by `stop_on_signals` is recorded, not raised: the code polls
+    `stop_requested()` where its state is whole and stops there; a second signal raises at once, and one still pending
+    at the block's end is raised then."""
     _Stop.depth += 1; done = False
     try:
         yield; done = True

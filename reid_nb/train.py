@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
-                          broadcast, check_fields, from_mapping, Interrupted, stop_on_signals, deferred_signals, stop_requested)
+                          broadcast, check_fields, from_mapping, Interrupted, stop_on_signals, deferred_signals,
+                          stop_requested)
 from .backbone import check_width
 from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
@@ -160,22 +161,23 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
         if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
         run = setup_run(cfg, mode, allow_changes, progress, manifest, rank, world, device)
         seen, start, ref, t_start = SeenSamples() if record_ranks else None, run.start, run.start.loss_ref, time.time()
-        with deferred_signals() if world == 1 else contextlib.nullcontext():     # SIGINT/SIGTERM: stop between two steps
+        with deferred_signals() if world == 1 else contextlib.nullcontext():   # SIGINT/SIGTERM: stop between two steps
             for epoch in range(start.epoch, cfg.epochs):
                 lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
                 set_lr(run.opt, lr); run.net.train(); run.criterion.train()
                 first, n_batches = start.batch if resumed else 0, len(run.data.epoch_batches(epoch))
                 stats = RunningStats(device, start.running if resumed else None, world, ref, cfg.diverge_factor)
-                bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
+                bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}",
+                           disable=not progress or rank != 0, leave=False)
                 t0 = time.time()
                 try:
                     for b, (x, y, idx) in enumerate(run.data(epoch, first), first):
                         if seen is not None: seen.add(epoch, idx)
                         stats.add(*run.step(x, y), y, b)
                         bar.update(1)
-                        stop = stop_requested() if b + 1 < n_batches else None      # at an epoch's end: after its checkpoint
+                        stop = stop_requested() if b + 1 < n_batches else None    # at an epoch's end: after its save
                         ckpt_now = stop or cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
-                        if ckpt_now or (b + 1) % cfg.log_every == 0:        # the only reads of the device inside an epoch
+                        if ckpt_now or (b + 1) % cfg.log_every == 0:      # the only reads of the device in an epoch
                             stats.check(epoch, run.ckpt.last_good())
                             r = stats.read(); r["seconds"] += time.time() - t0
                             _show(bar, r, world)
@@ -187,8 +189,8 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                 r = stats.read(); r["seconds"] += time.time() - t0
                 ref = r["loss_ref"]
                 run.log.add(epoch, lr, r, world)
-                run.ckpt.save(epoch + 1, 0, None, run.log.rows, ref)      # checked first: a diverged epoch leaves no row and no checkpoint
-                run.log.write()
+                run.ckpt.save(epoch + 1, 0, None, run.log.rows, ref)    # checked first: a diverged epoch leaves no row,
+                run.log.write()                                          # and no checkpoint
                 barrier()
                 if stop_requested(): raise _stopped(stop_requested(), run.ckpt)
         return finish_run(cfg, run, seen, time.time() - t_start, rank, world, device)
@@ -197,8 +199,8 @@ def _stopped(signum: int, ckpt) -> Interrupted:
     "The one-line `Interrupted` of a run stopped by signal `signum` right after `ckpt` saved it."
     e, b = ckpt.saved
     where = f"in epoch {e + 1}, after batch {b}" if b else f"after epoch {e}"
-    return Interrupted(signum, f"interrupted by {signal.Signals(signum).name} {where}; {ckpt.path} holds the run up to there: "
-                               "continue it with --resume")
+    return Interrupted(signum, f"interrupted by {signal.Signals(signum).name} {where}; {ckpt.path} holds the run up to "
+                               "there: continue it with --resume")
 
 def _show(bar, r: dict, world: int):
     "The progress bar's loss, accuracy and images/s from running sums `r`."
