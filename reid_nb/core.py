@@ -13,9 +13,9 @@ import torch.distributed as dist
 # %% auto #0
 __all__ = ['ORPHAN', 'DISK_FULL', 'STOP_SIGNALS', 'resolve_device', 'configure_cpu', 'auto_on', 'amp_dtype', 'pid_alive',
            'temp_name', 'sweep_orphans', 'DiskFull', 'disk_full_errno', 'atomic_write', 'staging_dir', 'FolderLocked',
-           'FolderLock', 'Interrupted', 'stop_on_signals', 'deferred_signals', 'stop_requested', 'dist_info',
-           'init_distributed', 'barrier', 'broadcast', 'field_docs', 'in_notebook', 'check_fields', 'from_mapping',
-           'add_config_options']
+           'FolderLock', 'Interrupted', 'interrupted', 'stop_on_signals', 'deferred_signals', 'stop_requested',
+           'dist_info', 'init_distributed', 'barrier', 'broadcast', 'field_docs', 'in_notebook', 'check_fields',
+           'from_mapping', 'add_config_options']
 
 # %% ../nbs/28_core.ipynb #b05e2fc4
 def resolve_device(name: str = "auto") -> torch.device:
@@ -210,18 +210,32 @@ class Interrupted(KeyboardInterrupt):
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 class _Stop:
-    "What the handler shares with the code: how many `deferred_signals` blocks are open, and the signal noted in them."
-    depth, pending = 0, None
+    "What the handler shares with the code: open `deferred_signals` blocks, the signal noted in them, whether stopping."
+    depth, pending, stopping = 0, None, False
 
 def _on_signal(signum, frame):
     if _Stop.depth and _Stop.pending is None: _Stop.pending = signum          # stop at the next safe point
-    else: raise Interrupted(signum)
+    else: raise interrupted(signum)
+
+def interrupted(signum: int, message: str = "") -> Interrupted:
+    """The `Interrupted` to raise for `signum` (with `message`). From now on a data-loader worker that dies (killed by
+    the same signal, sent to the process group) is no error: PyTorch's SIGCHLD check would raise one in the clean-up."""
+    _Stop.stopping = True
+    h = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+    if callable(h) and not getattr(h, "reid_nb", False):
+        def quiet(signum, frame):
+            try: h(signum, frame)
+            except RuntimeError:
+                if not _Stop.stopping: raise
+        quiet.reid_nb = True
+        signal.signal(signal.SIGCHLD, quiet)
+    return Interrupted(signum, message)
 
 @contextlib.contextmanager
 def stop_on_signals():
     "Within the block SIGINT and SIGTERM raise `Interrupted` (where their handler is Python's default; main thread)."
     if threading.current_thread() is not threading.main_thread(): yield; return
-    old = {}
+    old, _Stop.stopping = {}, False
     for s in filter(None, (getattr(signal, n, None) for n in STOP_SIGNALS)):
         if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler): old[s] = signal.signal(s, _on_signal)
     try: yield
@@ -232,15 +246,26 @@ def stop_on_signals():
 def deferred_signals():
     """Within the block a first signal taken by `stop_on_signals` is recorded, not raised: the code polls
     `stop_requested()` where its state is whole and stops there; a second signal raises at once, and one still pending
-    at the block's end is raised then."""
-    _Stop.depth += 1; done = False
-    try:
-        yield; done = True
-    finally:
-        _Stop.depth -= 1
-        s = _Stop.pending if _Stop.depth == 0 else None
-        if s is not None: _Stop.pending = None
-        if s is not None and done: raise Interrupted(s)
+    at the block's end is raised then, also in place of an error it caused (a data-loader worker killed by the same
+    SIGTERM, sent to the whole process group)."""
+    _Stop.depth += 1
+    try: yield
+    except Exception as e:
+        s = _leave()
+        if s is None: raise
+        raise interrupted(s) from e
+    except BaseException:
+        _leave(); raise
+    else:
+        s = _leave()
+        if s is not None: raise interrupted(s)
+
+def _leave() -> int | None:
+    "Close a `deferred_signals` block: the signal pending when the outermost one closes (then forgotten), else None."
+    _Stop.depth -= 1
+    if _Stop.depth: return None
+    s, _Stop.pending = _Stop.pending, None
+    return s
 
 def stop_requested() -> int | None:
     "The signal received in a `deferred_signals` block (the caller should stop now), or None."

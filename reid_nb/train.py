@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
                           broadcast, check_fields, from_mapping, Interrupted, stop_on_signals, deferred_signals,
-                          stop_requested)
+                          stop_requested, interrupted)
 from .backbone import check_width
 from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest
@@ -161,7 +161,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
         if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
         run = setup_run(cfg, mode, allow_changes, progress, manifest, rank, world, device)
         seen, start, ref, t_start = SeenSamples() if record_ranks else None, run.start, run.start.loss_ref, time.time()
-        with deferred_signals() if world == 1 else contextlib.nullcontext():   # SIGINT/SIGTERM: stop between two steps
+        with _stop_cleanly(run.ckpt, world):                      # SIGINT/SIGTERM: stop between two steps
             for epoch in range(start.epoch, cfg.epochs):
                 lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
                 set_lr(run.opt, lr); run.net.train(); run.criterion.train()
@@ -182,7 +182,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                             r = stats.read(); r["seconds"] += time.time() - t0
                             _show(bar, r, world)
                             if ckpt_now: run.ckpt.save(epoch, b + 1, r, run.log.rows, r["loss_ref"])
-                        if stop: raise _stopped(stop, run.ckpt)
+                        if stop: raise _stopped(stop, run.ckpt, now=True)
                     stats.check(epoch, run.ckpt.last_good())
                 finally:
                     bar.close()
@@ -192,15 +192,25 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                 run.ckpt.save(epoch + 1, 0, None, run.log.rows, ref)    # checked first: a diverged epoch leaves no row,
                 run.log.write()                                          # and no checkpoint
                 barrier()
-                if stop_requested(): raise _stopped(stop_requested(), run.ckpt)
+                if stop_requested(): raise _stopped(stop_requested(), run.ckpt, now=True)
         return finish_run(cfg, run, seen, time.time() - t_start, rank, world, device)
 
-def _stopped(signum: int, ckpt) -> Interrupted:
-    "The one-line `Interrupted` of a run stopped by signal `signum` right after `ckpt` saved it."
-    e, b = ckpt.saved
-    where = f"in epoch {e + 1}, after batch {b}" if b else f"after epoch {e}"
-    return Interrupted(signum, f"interrupted by {signal.Signals(signum).name} {where}; {ckpt.path} holds the run up to "
-                               "there: continue it with --resume")
+@contextlib.contextmanager
+def _stop_cleanly(ckpt, world: int):
+    "One process: a signal stops the loop between two steps (`deferred_signals`); every stop names the checkpoint."
+    try:
+        with deferred_signals() if world == 1 else contextlib.nullcontext(): yield
+    except Interrupted as e:
+        if str(e) != f"interrupted by {e.name}" or ckpt.saved is None: raise   # it says where already
+        raise _stopped(e.signum, ckpt, now=False) from e.__cause__
+
+def _stopped(signum: int, ckpt, now: bool) -> Interrupted:
+    "The one-line `Interrupted` of a run stopped by signal `signum`: `ckpt` saved it just now, or earlier."
+    ep, b = ckpt.saved
+    where, name = f"in epoch {ep + 1}, after batch {b}" if b else f"after epoch {ep}", signal.Signals(signum).name
+    msg = (f"interrupted by {name} {where}; {ckpt.path} holds the run up to there: continue it with --resume" if now
+           else f"interrupted by {name}; the last checkpoint, {ckpt.path} ({where}), continues the run with --resume")
+    return interrupted(signum, msg)                      # (which also quiets the data loader's dying workers)
 
 def _show(bar, r: dict, world: int):
     "The progress bar's loss, accuracy and images/s from running sums `r`."

@@ -46,11 +46,13 @@ def handles_sigterm(pid: int) -> bool:
 
 
 def term_when_ready(proc, timeout=120):
-    "SIGTERM once the command has started its work (its handler is in place); to code without one, never: it just ends."
+    """SIGTERM to the command's process group (it and its data-loader workers, as a scheduler's cancel sends it) once
+    it has started its work (its handler is in place); to code without one, never: it just ends."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if handles_sigterm(proc.pid):
-            proc.send_signal(signal.SIGTERM); return
+            time.sleep(1)                                # into the work: the model loaded, the workers started
+            os.killpg(proc.pid, signal.SIGTERM); return
         time.sleep(0.02)
 
 
@@ -105,12 +107,31 @@ def test_sigterm_stops_training_with_one_line_and_resume_reaches_the_same_weight
     assert weights[0] == weights[1]
 
 
+def test_sigterm_to_the_process_group_and_its_data_loader_workers_is_one_line_too(data_root, tmp_path):
+    "A scheduler's cancel or `systemd` signals every process of the job: the workers die first, and it is still a stop."
+    out = tmp_path / "run"
+    proc = popen("train", *SMALL, "--num-workers", "2", "--data-root", data_root, "--epochs", "3", "--max-batches", "4",
+                 "--out", out, start_new_session=True)
+    for line in proc.stdout:
+        if "epoch 1/3:" in line: break
+    time.sleep(0.5)                                      # into epoch 2, its workers running
+    os.killpg(proc.pid, signal.SIGTERM)
+    line = interrupted_line(finish(proc), "train")
+    ckpt = re.escape(str(out / "last.safetensors"))
+    assert re.fullmatch(rf"reid-nb train: interrupted by SIGTERM.*[ (]{ckpt}[ )].* --resume", line), line
+    assert litter(out) == []
+    with pytest.raises(ProcessLookupError): os.killpg(proc.pid, 0)       # no worker left behind
+
+
 @pytest.mark.parametrize("command", ["evaluate", "extract"])
 def test_sigterm_stops_evaluate_and_extract_with_one_line(command, trained, data_root, tmp_path):
     out = tmp_path / "out"
-    proc = popen(command, *command_args(command, trained, data_root, out / "metrics.json", out / "features.npz"))
+    extra = ["--num-workers", "2", "--data-path", "classic"] if command == "evaluate" else []
+    args = command_args(command, trained, data_root, out / "metrics.json", out / "features.npz") + extra
+    proc = popen(command, *args, start_new_session=True)
     term_when_ready(proc)
     interrupted_line(finish(proc), command)
+    with pytest.raises(ProcessLookupError): os.killpg(proc.pid, 0)       # no worker left behind
     assert not out.exists() or litter(out) == [] and not any(out.iterdir()), sorted(out.rglob("*"))
     assert litter(trained) == []
 
