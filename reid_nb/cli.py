@@ -12,6 +12,7 @@ from .models import VARIANTS, variant_config
 from .download import DownloadError, ChecksumError
 from .core import FolderLocked, atomic_write, in_notebook, add_config_options
 from .params import read_params, load_params, load_yaml, option_type    # the params schema, ranges (24_params)
+from .core import Interrupted, stop_on_signals
 
 # %% auto #0
 __all__ = ['COMMANDS', 'USER_ERRORS', 'variant_deps', 'sync_deps', 'check_variant_record', 'train_config_from_args',
@@ -494,9 +495,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
-    try: COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print(f"reid-nb {args.command}: interrupted", file=sys.stderr); return 130
+    try:
+        with stop_on_signals(): COMMANDS[args.command](args)          # SIGTERM ends a command the way Ctrl-C does
+    except KeyboardInterrupt as e:
+        print(f"reid-nb {args.command}: {e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return e.status if isinstance(e, Interrupted) else 130
     except Exception as e:
         if args.debug: raise
         print(f"reid-nb {args.command}: error: {error_line(e)}", file=sys.stderr)

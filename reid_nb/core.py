@@ -4,17 +4,20 @@
 
 # %% ../nbs/28_core.ipynb #da05cc41
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, re, shutil, socket, sys, tempfile, time, typing
+import argparse, contextlib, dataclasses, errno, json, math, os, re, shutil, signal, socket, sys, tempfile, threading
+import time, typing
 from pathlib import Path
 import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['ORPHAN', 'MAX_IMAGE_BYTES', 'MAX_LIST_BYTES', 'MAX_FEATURE_BYTES', 'resolve_device', 'configure_cpu', 'auto_on',
-           'amp_dtype', 'pid_alive', 'temp_name', 'sweep_orphans', 'atomic_write', 'staging_dir', 'FolderLocked',
-           'FolderLock', 'dist_info', 'init_distributed', 'barrier', 'broadcast', 'field_docs', 'in_notebook',
-           'check_fields', 'from_mapping', 'add_config_options', 'SpecialFileError', 'FileTooLargeError',
-           'check_regular', 'open_regular', 'read_regular', 'read_text_regular']
+__all__ = ['ORPHAN', 'DISK_FULL', 'STOP_SIGNALS', 'MAX_IMAGE_BYTES', 'MAX_LIST_BYTES', 'MAX_FEATURE_BYTES', 'resolve_device',
+           'configure_cpu', 'auto_on', 'amp_dtype', 'pid_alive', 'temp_name', 'sweep_orphans', 'DiskFull',
+           'disk_full_errno', 'atomic_write', 'staging_dir', 'FolderLocked', 'FolderLock', 'Interrupted', 'interrupted',
+           'stop_on_signals', 'deferred_signals', 'stop_requested', 'dist_info', 'init_distributed', 'barrier',
+           'broadcast', 'field_docs', 'in_notebook', 'check_fields', 'from_mapping', 'add_config_options',
+           'SpecialFileError', 'FileTooLargeError', 'check_regular', 'open_regular', 'read_regular',
+           'read_text_regular']
 
 # %% ../nbs/28_core.ipynb #b05e2fc4
 def resolve_device(name: str = "auto") -> torch.device:
@@ -78,8 +81,20 @@ def sweep_orphans(folder, name: str = "") -> list[Path]:
         removed.append(p)
     return removed
 
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)   # no space; over a quota, a size limit
+
+class DiskFull(OSError):
+    "A file could not be written: the disk, a quota or the file-size limit is full. The message names the file."
+
+def disk_full_errno(e: BaseException) -> int | None:
+    "ENOSPC, EDQUOT or EFBIG when `e` is a write refused for lack of space (also a Rust '(os error N)'), else None."
+    if isinstance(e, OSError) and e.errno in DISK_FULL: return e.errno
+    m = re.search(r"\(os error (\d+)\)", str(e))                   # safetensors reports an io::Error as text
+    return int(m.group(1)) if m and int(m.group(1)) in DISK_FULL else None
+
 def atomic_write(path, write_fn):
-    "Call `write_fn(tmp_path)`, fsync, then atomically rename the temporary file to `path` (removing temporaries of killed writers first)."
+    """Call `write_fn(tmp_path)`, fsync, then atomically rename the temporary file to `path` (removing temporaries of
+    killed writers first). A full disk (or quota, or file-size limit) is a `DiskFull` naming `path`, left as it was."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(path.parent, path.name + ".tmp")
     tmp = temp_name(path)
@@ -87,6 +102,14 @@ def atomic_write(path, write_fn):
         write_fn(tmp)
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        code = disk_full_errno(e)
+        if code is None: raise
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        err = DiskFull(f"could not write {path}: {os.strerror(code)} ({errno.errorcode[code]}); {kept}; "
+                       "free some space (or raise the limit) and run again")
+        err.errno = code
+        raise err from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -101,13 +124,27 @@ def staging_dir(parent, name: str) -> Path:
 class FolderLocked(RuntimeError):
     "The folder is locked by another live process."
 
+def _os_lock(fd: int, take: bool = True) -> bool:
+    "Take (without waiting) or drop the operating system's exclusive lock on open file `fd`; False: another holds it."
+    if os.name == "nt":                                                  # Windows: a lock on the file's first byte
+        import msvcrt
+        os.lseek(fd, 0, os.SEEK_SET)
+        try: msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
+        except OSError: return False
+        return True
+    import fcntl
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if take else fcntl.LOCK_UN)
+    except BlockingIOError: return False
+    return True
+
 class FolderLock:
-    "An exclusive lock on `folder` for a `with` block: `folder/.reid_nb.lock` holds the owner's PID and host; a dead owner's lock is taken over."
+    """An exclusive lock on `folder` for a `with` block: the OS's lock on `folder/.reid_nb.lock`, which also holds the
+    owner's PID and host (for the message). The kernel drops a dead process's lock: one left by a killed run is free."""
     NAME = ".reid_nb.lock"
 
     def __init__(self, folder, what: str = "reid-nb"):
         self.folder, self.what = Path(folder), what
-        self.path, self.held, self.created = self.folder / self.NAME, False, []
+        self.path, self.held, self.created, self.fd = self.folder / self.NAME, False, [], None
 
     def owner(self) -> dict | None:
         "The lock file's content: None when there is no lock, {} when it cannot be read (being written, or cut short by a kill)."
@@ -115,36 +152,44 @@ class FolderLock:
         except FileNotFoundError: return None
         except (OSError, ValueError): return {}
 
-    def stale(self, owner: dict | None) -> bool:
-        "Whether the lock described by `owner` belongs to nobody alive."
-        if owner is None: return True
-        if not owner:                        # unreadable: a writer fills it within microseconds, so an old one is a killed writer's
-            try: return time.time() - self.path.stat().st_mtime > 5
-            except FileNotFoundError: return True
-        return owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", 0)))
+    def _refused(self, owner: dict | None) -> FolderLocked:
+        who = (f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('what')}, since {owner.get('since')})"
+               if owner else "another process")
+        return FolderLocked(f"{self.folder} is in use by {who}; wait for it to finish, or, if that process is gone, "
+                            f"delete {self.path}")
 
     def acquire(self) -> "FolderLock":
         self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]    # deepest first
         self.folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                if not self.stale(owner):
-                    who = f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('what')}, since {owner.get('since')})" if owner else "another process"
-                    raise FolderLocked(f"{self.folder} is in use by {who}; wait for it to finish, or, if that process is gone, delete {self.path}") from None
-                print(f"{self.path}: taking over a stale lock of PID {(owner or {}).get('pid', '?')} (that process is gone)", file=sys.stderr)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(dict(pid=os.getpid(), host=socket.gethostname(), what=self.what, since=time.strftime("%Y-%m-%d %H:%M:%S")), f)
-            self.held = True
-            return self
-        raise FolderLocked(f"{self.path}: could not take the lock (other processes keep creating it)")
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not _os_lock(fd): raise self._refused(self.owner())          # a live process holds it
+                try: now = os.stat(self.path)
+                except FileNotFoundError: continue
+                if not os.path.samestat(now, os.fstat(fd)): continue     # its holder deleted it as we opened it: retry
+                owner = self.owner() if now.st_size else None                    # what a killed holder left
+                if owner and owner.get("host", socket.gethostname()) != socket.gethostname(): raise self._refused(owner)
+                if owner is not None:
+                    print(f"{self.path}: taking over a stale lock of PID {owner.get('pid', '?')} (no process holds it)",
+                          file=sys.stderr)
+                me = dict(pid=os.getpid(), host=socket.gethostname(), what=self.what,
+                          since=time.strftime("%Y-%m-%d %H:%M:%S"))
+                os.ftruncate(fd, 0); os.write(fd, json.dumps(me).encode())
+                self.fd, fd, self.held = fd, None, True
+                return self
+            finally:
+                if fd is not None: os.close(fd)
+        raise FolderLocked(f"{self.path}: could not take the lock (other processes keep replacing it)")
 
     def release(self):
-        "Remove the lock file if this process holds it, and the folders the lock made when nothing was written into them."
-        if self.held and (self.owner() or {}).get("pid") == os.getpid(): self.path.unlink(missing_ok=True)
+        "Delete the lock file and drop the lock if this process holds it; remove the folders the lock made if empty."
+        if self.fd is not None:
+            try: mine = os.path.samestat(os.stat(self.path), os.fstat(self.fd))   # not deleted by hand and made anew
+            except FileNotFoundError: mine = False
+            if mine and os.name != "nt": self.path.unlink()     # before the lock goes: a waiting process finds no file
+            _os_lock(self.fd, take=False); os.close(self.fd); self.fd = None   # unlock: forked workers share the file
+            if mine and os.name == "nt": self.path.unlink(missing_ok=True)     # Windows deletes no open file
         for p in self.created if self.held else ():
             try: p.rmdir()                       # only an empty folder: a run that failed before writing leaves nothing behind
             except OSError: break
@@ -152,6 +197,81 @@ class FolderLock:
 
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
+
+# %% ../nbs/28_core.ipynb #d874a6ac
+class Interrupted(KeyboardInterrupt):
+    "A command stopped by SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a scheduler, a container stop): status 128+N."
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = int(signum)
+        super().__init__(message or f"interrupted by {self.name}")
+    @property
+    def name(self) -> str: return signal.Signals(self.signum).name
+    @property
+    def status(self) -> int: return 128 + self.signum
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+class _Stop:
+    "What the handler shares with the code: open `deferred_signals` blocks, the signal noted in them, whether stopping."
+    depth, pending, stopping = 0, None, False
+
+def _on_signal(signum, frame):
+    if _Stop.depth and _Stop.pending is None: _Stop.pending = signum          # stop at the next safe point
+    else: raise interrupted(signum)
+
+def interrupted(signum: int, message: str = "") -> Interrupted:
+    """The `Interrupted` to raise for `signum` (with `message`). From now on a data-loader worker that dies (killed by
+    the same signal, sent to the process group) is no error: PyTorch's SIGCHLD check would raise one in the clean-up."""
+    _Stop.stopping = True
+    h = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+    if callable(h) and not getattr(h, "reid_nb", False):
+        def quiet(signum, frame):
+            try: h(signum, frame)
+            except RuntimeError:
+                if not _Stop.stopping: raise
+        quiet.reid_nb = True
+        signal.signal(signal.SIGCHLD, quiet)
+    return Interrupted(signum, message)
+
+@contextlib.contextmanager
+def stop_on_signals():
+    "Within the block SIGINT and SIGTERM raise `Interrupted` (where their handler is Python's default; main thread)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old, _Stop.stopping = {}, False
+    for s in filter(None, (getattr(signal, n, None) for n in STOP_SIGNALS)):
+        if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler): old[s] = signal.signal(s, _on_signal)
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Within the block a first signal taken by `stop_on_signals` is recorded, not raised: the code polls
+    `stop_requested()` where its state is whole and stops there; a second signal raises at once, and one still pending
+    at the block's end is raised then, also in place of an error it caused (a data-loader worker killed by the same
+    SIGTERM, sent to the whole process group)."""
+    _Stop.depth += 1
+    try: yield
+    except Exception as e:
+        s = _leave()
+        if s is None: raise
+        raise interrupted(s) from e
+    except BaseException:
+        _leave(); raise
+    else:
+        s = _leave()
+        if s is not None: raise interrupted(s)
+
+def _leave() -> int | None:
+    "Close a `deferred_signals` block: the signal pending when the outermost one closes (then forgotten), else None."
+    _Stop.depth -= 1
+    if _Stop.depth: return None
+    s, _Stop.pending = _Stop.pending, None
+    return s
+
+def stop_requested() -> int | None:
+    "The signal received in a `deferred_signals` block (the caller should stop now), or None."
+    return _Stop.pending
 
 # %% ../nbs/28_core.ipynb #f5074f67
 def dist_info() -> tuple[int, int, int]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_train.ipynb #e68410ca
 from __future__ import annotations
-import collections, contextlib, json, math, time
+import collections, contextlib, json, math, signal, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
-                          broadcast, check_fields, from_mapping)
+                          broadcast, check_fields, from_mapping, Interrupted, stop_on_signals, deferred_signals,
+                          stop_requested, interrupted)
 from .backbone import check_width
 from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
@@ -138,38 +139,60 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
     mode, out = _mode(resume, overwrite), Path(cfg.out)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
     rank, world, device = init_distributed(resolve_device(cfg.device))
-    with FolderLock(out, f"reid-nb train {cfg.variant}") if rank == 0 else contextlib.nullcontext():
+    with stop_on_signals(), FolderLock(out, f"reid-nb train {cfg.variant}") if rank == 0 else contextlib.nullcontext():
         if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
         run = setup_run(cfg, mode, allow_changes, progress, manifest, rank, world, device)
         seen, start, ref, t_start = SeenSamples() if record_ranks else None, run.start, run.start.loss_ref, time.time()
-        for epoch in range(start.epoch, cfg.epochs):
-            lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
-            set_lr(run.opt, lr); run.net.train(); run.criterion.train()
-            first, n_batches = start.batch if resumed else 0, len(run.data.epoch_batches(epoch))
-            stats = RunningStats(device, start.running if resumed else None, world, ref, cfg.diverge_factor)
-            bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-            t0 = time.time()
-            try:
-                for b, (x, y, idx) in enumerate(run.data(epoch, first), first):
-                    if seen is not None: seen.add(epoch, idx)
-                    stats.add(*run.step(x, y), y, b)
-                    bar.update(1)
-                    ckpt_now = cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
-                    if ckpt_now or (b + 1) % cfg.log_every == 0:        # the only reads of the device inside an epoch
-                        stats.check(epoch, run.ckpt.last_good())
-                        r = stats.read(); r["seconds"] += time.time() - t0
-                        _show(bar, r, world)
-                        if ckpt_now: run.ckpt.save(epoch, b + 1, r, run.log.rows, r["loss_ref"])
-                stats.check(epoch, run.ckpt.last_good())
-            finally:
-                bar.close()
-            r = stats.read(); r["seconds"] += time.time() - t0
-            ref = r["loss_ref"]
-            run.log.add(epoch, lr, r, world)
-            run.ckpt.save(epoch + 1, 0, None, run.log.rows, ref)      # checked first: a diverged epoch leaves no row and no checkpoint
-            run.log.write()
-            barrier()
+        with _stop_cleanly(run.ckpt, world):                      # SIGINT/SIGTERM: stop between two steps
+            for epoch in range(start.epoch, cfg.epochs):
+                lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
+                set_lr(run.opt, lr); run.net.train(); run.criterion.train()
+                first, n_batches = start.batch if resumed else 0, len(run.data.epoch_batches(epoch))
+                stats = RunningStats(device, start.running if resumed else None, world, ref, cfg.diverge_factor)
+                bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}",
+                           disable=not progress or rank != 0, leave=False)
+                t0 = time.time()
+                try:
+                    for b, (x, y, idx) in enumerate(run.data(epoch, first), first):
+                        if seen is not None: seen.add(epoch, idx)
+                        stats.add(*run.step(x, y), y, b)
+                        bar.update(1)
+                        stop = stop_requested() if b + 1 < n_batches else None    # at an epoch's end: after its save
+                        ckpt_now = stop or cfg.ckpt_every and (b + 1) % cfg.ckpt_every == 0 and b + 1 < n_batches
+                        if ckpt_now or (b + 1) % cfg.log_every == 0:      # the only reads of the device in an epoch
+                            stats.check(epoch, run.ckpt.last_good())
+                            r = stats.read(); r["seconds"] += time.time() - t0
+                            _show(bar, r, world)
+                            if ckpt_now: run.ckpt.save(epoch, b + 1, r, run.log.rows, r["loss_ref"])
+                        if stop: raise _stopped(stop, run.ckpt, now=True)
+                    stats.check(epoch, run.ckpt.last_good())
+                finally:
+                    bar.close()
+                r = stats.read(); r["seconds"] += time.time() - t0
+                ref = r["loss_ref"]
+                run.log.add(epoch, lr, r, world)
+                run.ckpt.save(epoch + 1, 0, None, run.log.rows, ref)    # checked first: a diverged epoch leaves no row,
+                run.log.write()                                          # and no checkpoint
+                barrier()
+                if stop_requested(): raise _stopped(stop_requested(), run.ckpt, now=True)
         return finish_run(cfg, run, seen, time.time() - t_start, rank, world, device)
+
+@contextlib.contextmanager
+def _stop_cleanly(ckpt, world: int):
+    "One process: a signal stops the loop between two steps (`deferred_signals`); every stop names the checkpoint."
+    try:
+        with deferred_signals() if world == 1 else contextlib.nullcontext(): yield
+    except Interrupted as e:
+        if str(e) != f"interrupted by {e.name}" or ckpt.saved is None: raise   # it says where already
+        raise _stopped(e.signum, ckpt, now=False) from e.__cause__
+
+def _stopped(signum: int, ckpt, now: bool) -> Interrupted:
+    "The one-line `Interrupted` of a run stopped by signal `signum`: `ckpt` saved it just now, or earlier."
+    ep, b = ckpt.saved
+    where, name = f"in epoch {ep + 1}, after batch {b}" if b else f"after epoch {ep}", signal.Signals(signum).name
+    msg = (f"interrupted by {name} {where}; {ckpt.path} holds the run up to there: continue it with --resume" if now
+           else f"interrupted by {name}; the last checkpoint, {ckpt.path} ({where}), continues the run with --resume")
+    return interrupted(signum, msg)                      # (which also quiets the data loader's dying workers)
 
 def _show(bar, r: dict, world: int):
     "The progress bar's loss, accuracy and images/s from running sums `r`."
