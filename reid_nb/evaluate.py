@@ -46,8 +46,9 @@ def check_record(meta: dict, run_dir, where="config.json"):
     own copy of the config (`last.safetensors`). An edited `input_size` would otherwise be used as is: the weights
     fit, the numbers are not the run's."""
     mc, tc, diff = meta.get("model_config") or {}, meta.get("train_config") or {}, []
-    def norm(v):                                                   # 1 and 1.0, a list and a tuple: the same setting
-        return [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v) if isinstance(v, (int, float)) else v
+    def norm(v):                          # 1 and 1.0, a list and a tuple: the same setting; names stay names
+        if isinstance(v, (list, tuple)): return [norm(x) for x in v]
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
     for k in ("input_size", "width"):
         if k in tc and k in mc and norm(tc[k]) != norm(mc[k]):
             diff.append(f"model_config.{k} {mc[k]!r} but train_config.{k} {tc[k]!r}")
