@@ -248,11 +248,20 @@ def test_more_seeds_by_experiment(repo):
 
 
 def test_a_failed_profile_run_leaves_params_alone(repo):
-    "`reid-nb profile` of a profile that fails: the error is one line, and params.yaml is what it was (dvc exp run had rewritten it)."
+    """`reid-nb profile` of a profile that fails: a value out of its range is refused before anything runs (params.py's
+    ranges), a run that fails (a stage's error) ends in one line too; either way params.yaml is what it was (dvc exp run
+    had rewritten it)."""
     before = (repo / "params.yaml").read_bytes()
-    bad = yaml.safe_load(before)
-    bad["train"]["gamma"] = -1                                   # refused by the train stage
-    (repo / "params-broken.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
-    p = sh(sys.executable, "-m", "reid_nb.cli", "profile", "broken", cwd=repo, check=False)
-    assert p.returncode == 2 and "dvc exp run exited with status" in p.stderr and "params.yaml restored" in p.stderr, p.stderr[-3000:]
+    def profile_with(key, value):
+        bad = yaml.safe_load(before)
+        bad["train"][key] = value
+        (repo / "params-broken.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+        return sh(sys.executable, "-m", "reid_nb.cli", "profile", "broken", cwd=repo, check=False)
+    p = profile_with("gamma", -1)                                  # out of its range: refused before dvc runs
+    assert p.returncode == 2 and "params-broken.yaml: train.gamma=-1" in p.stderr and "dvc exp run" not in p.stderr, \
+        p.stderr[-3000:]
+    assert (repo / "params.yaml").read_bytes() == before
+    p = profile_with("pretrained", "missing-weights.pth")          # in range, but the train stage cannot find the file
+    assert p.returncode == 2 and "dvc exp run exited with status" in p.stderr and "params.yaml restored" in p.stderr, \
+        p.stderr[-3000:]
     assert (repo / "params.yaml").read_bytes() == before
