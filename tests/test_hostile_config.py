@@ -115,8 +115,13 @@ def test_hostile_profile_is_one_line_naming_it(here, content, needle):
     (b"train: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 16 deep"),         # the composer recurses
 ], ids=["binary", "deep"])
 def test_hostile_params_is_one_line_naming_it(here, content, needle):
+    params_refused(here, content, needle)
+
+
+def params_refused(here, content, needle):
+    "`reid-nb variants --params p.yaml` with `content` (text or bytes) ends in one line naming p.yaml and `needle`."
     p = here / "p.yaml"
-    p.write_bytes(content)
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
     one_line(cli("variants", "--params", p), p, needle)
 
 
@@ -137,9 +142,7 @@ def test_a_binary_benchmark_json_is_named(here):
     ("seeds: [0, 1, 0]\n", "seeds lists 0 more than once"),
 ], ids=["seeds-empty", "seed-2^70", "variants-empty", "variant-list", "datasets-empty", "seed-twice"])
 def test_pipeline_lists_are_checked(here, text, needle):
-    p = here / "p.yaml"
-    p.write_text(text)
-    one_line(cli("variants", "--params", p), p, needle)
+    params_refused(here, text, needle)
 
 
 def test_report_names_a_missing_metrics_file_and_leaves_reports_alone(here):
