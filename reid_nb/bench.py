@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .models import build_model, count_flops, VARIANTS
-from .data import load_dataset
+from .data import load_dataset, prepare_dataset
 from .sampler import PKSampler
 from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank
@@ -286,7 +286,8 @@ def benchmark(cfg: BenchConfig, log=None, progress: bool = False) -> dict:
     try:
         root = tmp.name if tmp else cfg.data_root
         log(f"loading {cfg.dataset} from {'a temporary folder' if tmp else root}")
-        ds = load_dataset(cfg.dataset, root, progress=False)
+        if tmp: prepare_dataset(cfg.dataset, root, progress=False)          # its own data stage, in its own folder
+        ds = load_dataset(cfg.dataset, root)
         result = dict(config=cfg.to_dict(), environment=environment(device), training=[], data_only={}, ratios={}, inference=[])
         n_needed = max(cfg.warmup + 4 * cfg.num_workers, cfg.warmup) + cfg.steps
         sampler = LongEpochs(PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed), n_needed)

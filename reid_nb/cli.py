@@ -372,7 +372,7 @@ def _synth(args):
     print(f"wrote {make_synthetic(root, seed=args.seed, overwrite=True)}")
 
 def _prepare(args):
-    from reid_nb.data import load_dataset, image_hashes
+    from reid_nb.data import prepare_dataset, read_dataset, image_hashes
     data = _section(args.params, "data") if args.params else {}
     root = args.root or data.get("root", "data")
     if args.dataset == "synthetic":
@@ -385,7 +385,7 @@ def _prepare(args):
             raise ValueError(f"{args.params}: data.archives.{args.dataset}.md5 must be a quoted string (YAML read {decl['md5']!r}, "
                              f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
         kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
-    ds = load_dataset(args.dataset, root, **kw)
+    ds = read_dataset(args.dataset, prepare_dataset(args.dataset, root, **kw))   # the data stage: it prepares
     check_file_names(ds)                                           # before hours of hashing, not after
     ds.stats()
     hashes = image_hashes(ds, decode=True, progress=True)          # every image decoded once: an unreadable one is refused here

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS, upgrade_config, upgrade_state_dict
 from .backbone import check_fits
-from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
+from .data import open_dataset
 from .provenance import environment
 from .loader import DATA_PATHS, eval_batches
 from .metrics import distance_blocks, evaluate_blocks
@@ -211,12 +211,8 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
     if dev.type == "cpu": configure_cpu()
     model, meta = load_model(run_dir, dev)
     dataset = dataset or meta.get("dataset", "synthetic")
-    ds = load_dataset(dataset, data_root)
     rank, _, _ = dist_info()
-    hashes = image_hashes(ds) if rank == 0 else None
-    fp = fingerprint_of(hashes) if rank == 0 else None
-    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp, ds)
-    for what, p in (("metrics", metrics_out), ("ranking", ranking_out)): check_outside(ds, p, what)
+    ds, fp = open_dataset(dataset, data_root, manifest, dict(metrics=metrics_out, ranking=ranking_out), rank)
     input_size = tuple(meta["model_config"]["input_size"])
     t0 = time.time()
     kw = dict(input_size=input_size, device=dev, batch_size=batch_size, flip=flip, num_workers=num_workers, progress=progress,

@@ -16,7 +16,7 @@ from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, F
                           stop_requested, interrupted)
 from .backbone import check_width
 from .models import VARIANTS
-from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
+from .data import open_dataset
 from .provenance import environment, without_timings
 from .sampler import PKSampler
 from .loader import DATA_PATHS, TrainBatches, renamed_message
@@ -211,11 +211,7 @@ def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, 
         torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda": torch.backends.cudnn.benchmark = False
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
-    ds = load_dataset(cfg.dataset, cfg.data_root)
-    check_outside(ds, out, "out")                              # a run folder inside the dataset's folder: refused
-    hashes = image_hashes(ds) if rank == 0 else None          # every image's bytes, read once (rank 0)
-    fp = fingerprint_of(hashes) if rank == 0 else None
-    if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp, ds)     # images, labels, dataset name
+    ds, fp = open_dataset(cfg.dataset, cfg.data_root, manifest, dict(out=out), rank)   # read-only, checked (10_data)
     env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids, progress=progress and rank == 0)

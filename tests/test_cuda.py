@@ -91,10 +91,10 @@ def test_compiled_step_matches_eager(fp32_exact):
 
 
 def test_resident_and_classic_data_paths_agree(tmp_path):
-    from reid_nb.data import load_dataset
+    from reid_nb.data import prepare_dataset, read_dataset
     from reid_nb.evaluate import extract_features
-    ds = load_dataset("synthetic", tmp_path, progress=False, num_train_ids=4, num_test_ids=4, train_images_per_id=3,
-                      num_distractors=2, num_junk=1)
+    ds = read_dataset("synthetic", prepare_dataset("synthetic", tmp_path, progress=False, num_train_ids=4, num_test_ids=4,
+                                                   train_images_per_id=3, num_distractors=2, num_junk=1))
     model = build_model("full", ds.num_train_pids, input_size=(128, 64)).to(DEV).eval()
     kw = dict(input_size=(128, 64), device=DEV, batch_size=16, flip=True, progress=False, num_workers=2)
     a = extract_features(model, ds.gallery, data_path="resident", **kw)

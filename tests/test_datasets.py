@@ -35,9 +35,11 @@ def counts(ds) -> dict:
 
 
 def quiet_load(name, root, **kw):
+    "The data stage first when `kw` declares an archive (loading never extracts), then the read-only load."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_dataset(name, root, progress=False, **kw)
+        if kw: prepare_dataset(name, root, progress=False, **kw)
+        return load_dataset(name, root)
 
 
 def load_warnings(name, root) -> list[str]:
@@ -276,7 +278,8 @@ def test_custom_registration_is_checked():
                         ({"../x": {}}, "a dataset name is letters, digits"), (["x"], "expected a mapping of dataset names")]:
         with pytest.raises(ValueError) as e: register_custom_datasets(spec)
         assert words in str(e.value), (spec, str(e.value))
-    with pytest.raises(KeyError, match=r"known: market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, synthetic "
+    with pytest.raises(KeyError, match=r"known: market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, veri776, "
+                                       r"synthetic "
                                        r"\(your own datasets are registered by name in params.yaml under data.custom\)"):
         D.dataset_info("lab")
 

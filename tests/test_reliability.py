@@ -354,7 +354,7 @@ from pathlib import Path
 from reid_nb.synthetic import make_synthetic
 from reid_nb.data import load_dataset, image_hashes, fingerprint_of
 make_synthetic(Path(sys.argv[1]) / "synthetic", seed=0, num_train_ids=6, num_test_ids=4, num_distractors=4)
-print(fingerprint_of(image_hashes(load_dataset("synthetic", sys.argv[1], progress=False))))   # the data stage's fingerprint
+print(fingerprint_of(image_hashes(load_dataset("synthetic", sys.argv[1]))))   # the data stage's fingerprint
 """
 
 
