@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from reid_nb.data import DATASETS, LAYOUTS, load_dataset, open_dataset, prepare_dataset, read_dataset
 
 BYTES = b"\xff\xd8 a few bytes: parsing never decodes"
 
-# train 3 vehicles / 5 images, query 2 / 2, gallery 2 vehicles / 4 images; cameras c001 … c020 as the release writes them
+# train 3 vehicles / 5 images, query 2 / 2, gallery 2 vehicles / 4 images; cameras c001 … c020 as the release has them
 VERI = {"image_train": ["0001_c001_00016450_0.jpg", "0001_c005_00016460_1.jpg", "0002_c020_00075400_0.jpg",
                         "0004_c003_00081020_0.jpg", "0004_c014_00081095_2.jpg"],
         "image_query": ["0006_c002_00030600_0.jpg", "0008_c019_00058800_1.jpg"],
@@ -80,7 +81,8 @@ def test_veri776_missing_or_misplaced(tmp_path):
                                                 r"stage first \(reid-nb prepare veri776"):
         load_dataset("veri776", tmp_path)
     write_veri(tmp_path / "VeRi")                                      # unpacked by hand under the release's name
-    with pytest.raises(FileNotFoundError, match=f"rename it to {tmp_path / 'veri776'}"): load_dataset("veri776", tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"rename it to {tmp_path / 'veri776'}"):
+        load_dataset("veri776", tmp_path)
     broken = tmp_path / "other" / "veri776"; (broken / "image_train").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"no dataset in the VeRi-776 layout .*missing: .*image_query"):
         load_dataset("veri776", tmp_path / "other")
@@ -121,3 +123,13 @@ def test_loading_never_prepares_and_open_dataset_checks(tmp_path):
     with pytest.raises(ValueError, match="image_train/0001_c001_00016450_0.jpg: not in the manifest"):
         quiet(open_dataset, "veri776", tmp_path, manifest)
     assert read_dataset("veri776", folder).train == ds.train
+
+
+def test_train_on_an_unprepared_dataset_is_one_line_and_makes_nothing(tmp_path):
+    "Training reads a prepared dataset only: no generating, downloading or extracting behind the data stage's back."
+    root = tmp_path / "data"
+    p = run_cli("train", "--variant", "baseline", "--dataset", "synthetic", "--data-root", root,
+                "--out", tmp_path / "run", "--epochs", "1", "--no-progress", check=False, cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (p.returncode, p.stderr)
+    assert "synthetic: not found at" in p.stderr and f"reid-nb prepare synthetic --root {root}" in p.stderr, p.stderr
+    assert not root.exists() and not (tmp_path / "run").exists()
