@@ -19,8 +19,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import book  # noqa: E402  (the index's reading order, as the book reads it)
 
 MARK = re.compile(r"#\s*(YOUR TURN|CHECK|SOLUTION)\s*\(exercise (\d+)\)")
-TEACHING = ["01_backbone", "02_mhsa", "03_eca", "04_rga", "05_fusion", "06_head", "07_models", "10_data", "11_synthetic",
-            "12_sampler", "13_transforms", "20_losses", "21_metrics", "22_rerank", "30_train", "31_evaluate"]
+TEACHING = ["01_backbone", "02_mhsa", "03_eca", "04_rga", "05_fusion", "06_head", "07_models", "10_data",
+            "11_synthetic", "12_sampler", "13_transforms", "20_losses", "21_metrics", "22_rerank", "30_train",
+            "31_evaluate"]
 # What the course has exercises on (issue 31): the chapter of each topic
 TOPICS = {"IBN": "01_backbone", "MHSA": "02_mhsa", "ECA": "03_eca", "RGA": "04_rga", "fusion": "05_fusion",
           "head": "06_head", "losses": "20_losses", "metrics": "21_metrics", "re-ranking": "22_rerank",
@@ -112,6 +113,11 @@ def test_first_lesson_and_glossary_open_the_reading_order():
     glossary = "".join(_src(c) for c in _nb("glossary")["cells"])
     for term in ("BNNeck", "P×K", "IBN", "mINP", "CMC", "mAP", "R1", "Re-ranking", "MHSA", "ECA", "RGA"):
         assert f"**{term}" in glossary, f"the glossary lacks {term}"
+    code = [_src(c) for c in _nb("000_first_lesson")["cells"] if c["cell_type"] == "code"]
+    assert "tempfile.TemporaryDirectory()" in code[0] and "tmp.cleanup()" in code[-1], "its files in one temp folder"
+    lesson = "\n".join(code)
+    for call in ("fit(", "evaluate_run(", "plot_retrieval(", "attention_maps(", "plot_attention("):
+        assert call in lesson, f"the first lesson does not call {call}"
     optional = [p for p, _ in parts if "optional" in p.lower()]
     assert optional and all(s in {s for p, ss in parts if p in optional for s in ss}
                             for s in ("24_params", "25_runs", "26_loader", "27_step", "28_core", "29_provenance",
