@@ -19,7 +19,8 @@ __all__ = ['STAGES', 'PLANES', 'BLOCKS', 'PRETRAINED', 'IBN', 'check_width', 'bo
 
 # %% ../nbs/01_backbone.ipynb #11d8b462
 class IBN(nn.Module):
-    "Instance-Batch Normalisation: the first `int(planes*ratio)` channels through affine InstanceNorm, the rest through BatchNorm."
+    """Instance-Batch Normalisation: the first `int(planes*ratio)` channels through affine InstanceNorm,
+    the rest through BatchNorm."""
     def __init__(self, planes: int, ratio: float = 0.5):
         super().__init__()
         if not 0 < ratio < 1: raise ValueError(f"IBN ratio must lie in (0, 1), got {ratio}")
@@ -39,14 +40,16 @@ STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 PLANES, BLOCKS = (64, 128, 256, 512), (3, 4, 6, 3)   # ResNet-50: bottleneck widths and depths of conv2_x..conv5_x
 
 def check_width(width: float) -> int:
-    "The stem width `64 × width`; it must be a positive multiple of 8 (so IBN halves and attention heads divide evenly)."
+    """The stem width `64 × width`; it must be a positive multiple of 8 (so IBN halves and attention heads divide
+    evenly)."""
     stem = 64 * width if isinstance(width, (int, float)) and not isinstance(width, bool) else None
     if stem is None or stem <= 0 or stem != int(stem) or int(stem) % 8:
         raise ValueError(f"width must make 64×width a positive multiple of 8 (e.g. 1.0, 0.5, 0.25, 0.125), got {width!r}")
     return int(stem)
 
 def bottleneck_stage(inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-    "`blocks` torchvision `Bottleneck`s (stride on the 3×3, projection shortcut on the first), named as torchvision names them."
+    """`blocks` torchvision `Bottleneck`s (stride on the 3×3, projection shortcut on the first),
+    named as torchvision names them."""
     down = None
     if stride != 1 or inplanes != planes * Bottleneck.expansion:
         down = nn.Sequential(nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
@@ -55,7 +58,8 @@ def bottleneck_stage(inplanes: int, planes: int, blocks: int, stride: int = 1) -
                          *(Bottleneck(planes * Bottleneck.expansion, planes) for _ in range(blocks - 1)))
 
 class ResNetReID(nn.Module):
-    "ResNet-50 (optionally IBN-a, optionally slimmed by `width`) trunk without pooling/classifier; `forward_stages` returns every stage's map."
+    """ResNet-50 (optionally IBN-a, optionally slimmed by `width`) trunk without pooling/classifier;
+    `forward_stages` returns every stage's map."""
     def __init__(self, ibn: bool = True, last_stride: int = 2, ibn_ratio: float = 0.5, width: float = 1.0,
                  zero_init_residual: bool = True):
         super().__init__()
@@ -91,7 +95,8 @@ class ResNetReID(nn.Module):
         return getattr(self, "layer" + str(int(name[-1]) - 1))(x)
 
     def forward_stages(self, x, after: dict | None = None) -> dict[str, torch.Tensor]:
-        "All stage outputs; `after[name]` (a module), when given, is applied to stage `name`'s output before the next stage."
+        """All stage outputs; `after[name]` (a module), when given,
+        is applied to stage `name`'s output before the next stage."""
         out = {}
         for name in STAGES:
             x = self.run_stage(name, x)
@@ -102,7 +107,8 @@ class ResNetReID(nn.Module):
     def forward(self, x): return self.forward_stages(x)["conv5"]
 
     def stage_shapes(self, input_size=(256, 128)) -> dict[str, tuple]:
-        "Channel × height × width of every stage for an `input_size` (H, W) input, computed without running the network."
+        """Channel × height × width of every stage for an `input_size` (H, W) input,
+        computed without running the network."""
         h, w = input_size
         sizes = {}
         for name, s in zip(STAGES, (2, 2, 2, 2, self.last_stride)):
@@ -115,7 +121,8 @@ class ResNetReID(nn.Module):
 # %% ../nbs/01_backbone.ipynb #07ee4c4c
 def resnet50_ibn_a(last_stride: int = 2, pretrained: str | os.PathLike | None = None, checksum: str | None = None,
                    width: float = 1.0, zero_init_residual: bool = True) -> ResNetReID:
-    "ResNet-50-IBN-a trunk; `pretrained`: None, 'imagenet', a path or a URL (verified against `checksum` or the known release hash)."
+    """ResNet-50-IBN-a trunk; `pretrained`: None, 'imagenet',
+    a path or a URL (verified against `checksum` or the known release hash)."""
     m = ResNetReID(ibn=True, last_stride=last_stride, width=width, zero_init_residual=zero_init_residual)
     if pretrained is not None: load_pretrained(m, pretrained, checksum)
     return m
@@ -140,18 +147,21 @@ def weights_dir() -> Path:
     return Path(os.environ.get("REID_NB_WEIGHTS", Path.home() / ".cache" / "reid_nb" / "weights"))
 
 def weights_source(src, backbone: str) -> str:
-    "`src` with `{backbone}` replaced by the trunk's name: one `pretrained` setting for both trunks (`weights/{backbone}.pth`)."
+    """`src` with `{backbone}` replaced by the trunk's name:
+    one `pretrained` setting for both trunks (`weights/{backbone}.pth`)."""
     return str(src).replace("{backbone}", backbone)
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
-    "Tensors from a `.safetensors` file or a `torch.save`d file, zip or legacy format (loaded with `weights_only=True`: a pickle that would run code is refused)."
+    """Tensors from a `.safetensors` file or a `torch.save`d file,
+    zip or legacy format (loaded with `weights_only=True`: a pickle that would run code is refused)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
     try: obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        why = next((l.strip() for l in str(e).splitlines() if "GLOBAL" in l), None)   # the object the pickle would build
+        # the object the pickle would build
+        why = next((l.strip() for l in str(e).splitlines() if "GLOBAL" in l), None)
         if why is None: raise ValueError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError)") from None
         raise ValueError(f"{path}: refused: this pickle asks for more than tensors and plain containers: {why}; "
                          "weights are only read with torch.load(weights_only=True), which never runs code from the file") from None
@@ -173,7 +183,8 @@ def map_checkpoint_keys(sd: dict) -> dict[str, torch.Tensor]:
 
 def fill_bn_counters(model: nn.Module, sd: dict) -> list[str]:
     """Add the `num_batches_tracked` counters that checkpoints saved before PyTorch 0.4.1 lack (the public ResNet-50 and
-    IBN-Net releases), as PyTorch's BatchNorm loader does: the module's own counter (0 at construction). In place; returns the keys filled."""
+    IBN-Net releases), as PyTorch's BatchNorm loader does: the module's own counter (0 at construction). In place;
+    returns the keys filled."""
     filled = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.modules.batchnorm._BatchNorm) or mod.num_batches_tracked is None: continue
@@ -184,7 +195,8 @@ def fill_bn_counters(model: nn.Module, sd: dict) -> list[str]:
     return filled
 
 def check_fits(model: nn.Module, sd: dict, what: str):
-    "Raise a ValueError starting with `what` unless state dict `sd` has exactly `model`'s keys and shapes (naming what differs)."
+    """Raise a ValueError starting with `what` unless state dict `sd` has exactly `model`'s keys and shapes (naming
+    what differs)."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
@@ -195,8 +207,9 @@ def check_fits(model: nn.Module, sd: dict, what: str):
 
 def load_pretrained(model: nn.Module, src, checksum: str | None = None) -> nn.Module:
     """Load weights into `model` from 'imagenet', a path or a URL (`{backbone}` in it is replaced by the trunk's name).
-    Every key must match after `map_checkpoint_keys`, except the BatchNorm counters old releases lack (`fill_bn_counters`).
-    Records `model.pretrained_keys` (the names loaded) and `model.pretrained_from` (file, SHA-256, counts)."""
+    Every key must match after `map_checkpoint_keys`, except the BatchNorm counters old releases lack
+    (`fill_bn_counters`). Records `model.pretrained_keys` (the names loaded) and `model.pretrained_from` (file, SHA-256,
+    counts)."""
     name = "resnet50_ibn_a" if getattr(model, "ibn", True) else "resnet50"
     src = weights_source(src, name)
     if src == "imagenet":
@@ -221,10 +234,10 @@ def load_pretrained(model: nn.Module, src, checksum: str | None = None) -> nn.Mo
 
 def save_release_checkpoint(path, ibn: bool = True, seed: int = 0, counters: bool = False, prefix: str = "",
                             legacy: bool = True) -> Path:
-    """Write a checkpoint in the key layout of the public ImageNet releases — IBN-Net v1.0's `resnet50_ibn_a` (`ibn=True`) or
-    torchvision's `resnet50` — with random values drawn from `seed`: a stand-in for tests and the rehearsal, **not** ImageNet
-    weights. Like those files: no `num_batches_tracked` (unless `counters`), the 1000-class `fc`, the legacy pickle format
-    (unless `legacy=False`); `prefix='module.'` imitates a `DataParallel` save."""
+    """Write a checkpoint in the key layout of the public ImageNet releases — IBN-Net v1.0's `resnet50_ibn_a`
+    (`ibn=True`) or torchvision's `resnet50` — with random values drawn from `seed`: a stand-in for tests and the
+    rehearsal, **not** ImageNet weights. Like those files: no `num_batches_tracked` (unless `counters`), the 1000-class
+    `fc`, the legacy pickle format (unless `legacy=False`); `prefix='module.'` imitates a `DataParallel` save."""
     g = torch.Generator().manual_seed(seed)
     net = ResNetReID(ibn=ibn, zero_init_residual=False)
     sd = OrderedDict()
@@ -233,7 +246,8 @@ def save_release_checkpoint(path, ibn: bool = True, seed: int = 0, counters: boo
             if counters: sd[k] = torch.tensor(1000 + seed, dtype=torch.long)
             continue
         if k.endswith("running_var"): t = torch.rand(v.shape, generator=g) + 0.5
-        elif v.ndim > 1: t = torch.randn(v.shape, generator=g) * (2 / (v.shape[0] * v[0].numel() / v.shape[1])) ** 0.5  # He, fan-out
+        # He, fan-out
+        elif v.ndim > 1: t = torch.randn(v.shape, generator=g) * (2 / (v.shape[0] * v[0].numel() / v.shape[1])) ** 0.5
         elif k.endswith("weight"): t = 1 + 0.1 * torch.randn(v.shape, generator=g)
         else: t = 0.1 * torch.randn(v.shape, generator=g)                                    # biases, running means
         sd[k] = t.to(v.dtype)

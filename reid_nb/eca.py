@@ -51,7 +51,8 @@ class BNThenAttn(nn.Sequential):
         super().__init__(OrderedDict(bn=bn, attn=channel_attn(name, bn.num_features)))
 
 def block_attn(backbone: ResNetReID, name: str = "eca") -> ResNetReID:
-    "ECA-Net / SE-Net placement: a `channel_attn(name)` module in every bottleneck, after `bn3`, before the residual add; in place."
+    """ECA-Net / SE-Net placement: a `channel_attn(name)` module in every bottleneck, after `bn3`,
+    before the residual add; in place."""
     check_attn(name)
     for stage in STAGES[1:]:
         for block in backbone.stage_modules(stage):
@@ -60,7 +61,8 @@ def block_attn(backbone: ResNetReID, name: str = "eca") -> ResNetReID:
     return backbone
 
 def add_channel_attn(backbone: ResNetReID, name: str = "eca", at: str = "stage") -> nn.ModuleDict:
-    "Add attention `name` to `backbone` at `at` ('stage' or 'block'); returns the modules to pass as `after=` (empty for 'block')."
+    """Add attention `name` to `backbone` at `at` ('stage' or 'block');
+    returns the modules to pass as `after=` (empty for 'block')."""
     if at not in PLACEMENTS: raise ValueError(f"channel_attn_at: unknown placement {at!r}; known: {', '.join(PLACEMENTS)}")
     if at == "block": block_attn(backbone, name); return nn.ModuleDict()
     return stage_attn(backbone, name)

@@ -20,19 +20,23 @@ __all__ = ['OPSET', 'FORMATS', 'INPUT_NAME', 'OUTPUT_NAME', 'BATCH_AXIS', 'TOLER
            'describe', 'export_onnx', 'check_onnx', 'export_run']
 
 # %% ../nbs/36_export.ipynb #6b4bc065
-OPSET = 18                                   # the ONNX opset written (the dynamo exporter's own, onnxscript's torchlib; onnxruntime ≥ 1.14)
+# the ONNX opset written (the dynamo exporter's own, onnxscript's torchlib; onnxruntime ≥ 1.14)
+OPSET = 18
 FORMATS = ("onnx",)                          # what `reid-nb export --format` knows
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "features", "batch"
-TOLERANCE = 1e-4                             # the largest |torch − onnxruntime| feature difference an export passes with
+# the largest |torch − onnxruntime| feature difference an export passes with
+TOLERANCE = 1e-4
 
 class ExportError(ValueError):
-    "A model the exporter cannot write, or an export that does not compute what the model computes; `op`: the operator at fault, if known."
+    """A model the exporter cannot write, or an export that does not compute what the model computes; `op`:
+    the operator at fault, if known."""
     def __init__(self, message: str, op: str | None = None, reason: str | None = None):
         super().__init__(message)
         self.op, self.reason = op, reason
 
 def need(*modules: str):
-    "Fail with the install command unless the packages `modules` can be imported (ONNX export imports them only when it runs)."
+    """Fail with the install command unless the packages `modules` can be imported (ONNX export imports them only when
+    it runs)."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)} "
@@ -50,13 +54,15 @@ def _messages(e: BaseException) -> str:
     return "\n".join(out)
 
 def exporter_failure(e: BaseException) -> tuple[str | None, str]:
-    "`(operator, reason)` of an ONNX exporter error: the ATen operator it names (`'aten.median.dim'`), or None, and why it failed."
+    """`(operator, reason)` of an ONNX exporter error: the ATen operator it names (`'aten.median.dim'`), or None,
+    and why it failed."""
     text = _messages(e)
     m = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>", text)
     if m:
         return (f"{m[1]}.{m[2]}", "the exporter's operator library (onnxscript's torchlib) has no ONNX function for it, "
                 "and PyTorch has no decomposition of it into operators that have one")
-    summary = re.search(r"## Exception summary\s*<class '([\w.]+)'>: ([^\n]+)", text)     # the innermost error comes first
+    # the innermost error comes first
+    summary = re.search(r"## Exception summary\s*<class '([\w.]+)'>: ([^\n]+)", text)
     first = f"{summary[1].rsplit('.', 1)[-1]}: {summary[2].strip()}" if summary else next(
         (l.strip() for l in text.splitlines() if l.strip()), type(e).__name__)
     node = re.search(r"target=torch\.ops\.([\w.]+)\]", text)
@@ -70,8 +76,9 @@ def describe(model: nn.Module) -> str:
 
 def export_onnx(model: nn.Module, out, input_size=None, opset: int = OPSET, label: str | None = None, metadata: dict | None = None) -> Path:
     """Write `model`'s evaluation forward pass as ONNX to `out` (one .onnx file, written atomically): input `images`
-    (batch × 3 × H × W, float32, normalised as for the evaluation), output `features` (batch × D), the batch axis dynamic.
-    `input_size`: (H, W), by default the model's own; `label`: how errors name the model; `metadata`: strings stored in the file."""
+    (batch × 3 × H × W, float32, normalised as for the evaluation), output `features` (batch × D), the batch axis
+    dynamic. `input_size`: (H, W), by default the model's own; `label`: how errors name the model; `metadata`: strings
+    stored in the file."""
     out = Path(out)
     if out.suffix != ".onnx": raise ValueError(f"{out}: an ONNX model is written as .onnx (name it {out.with_suffix('.onnx').name})")
     need("onnx", "onnxscript")
@@ -83,7 +90,8 @@ def export_onnx(model: nn.Module, out, input_size=None, opset: int = OPSET, labe
     model.eval()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")             # the exporter's notes on its own internals, not the user's business
+            # the exporter's notes on its own internals, not the user's business
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
                                         verbose=False)
@@ -97,8 +105,9 @@ def export_onnx(model: nn.Module, out, input_size=None, opset: int = OPSET, labe
 
 # %% ../nbs/36_export.ipynb #e1417ef8
 def check_onnx(model: nn.Module, path, input_size=None, batch_sizes=(4, 1), seed: int = 0) -> float:
-    """The largest |feature difference| between `model` (PyTorch, evaluation mode) and the ONNX file `path` run by onnxruntime on
-    the CPU, over one random batch of each size in `batch_sizes` (two sizes prove the batch axis dynamic)."""
+    """The largest |feature difference| between `model` (PyTorch, evaluation mode) and the ONNX file `path` run by
+    onnxruntime on the CPU, over one random batch of each size in `batch_sizes` (two sizes prove the batch axis
+    dynamic)."""
     need("onnxruntime")
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -119,9 +128,9 @@ def check_onnx(model: nn.Module, path, input_size=None, batch_sizes=(4, 1), seed
 
 # %% ../nbs/36_export.ipynb #80ae6d66
 def export_run(run, out, format: str = "onnx", check: bool = True, tolerance: float | None = TOLERANCE, batch_sizes=(4, 1)) -> dict:
-    """Export the trained run in folder `run` to `out` in `format` (only 'onnx'); with `check`, compare onnxruntime's features with
-    PyTorch's (`check_onnx`) and fail beyond `tolerance`. Returns what was written: path, variant, input size, feature size, opset,
-    and `max_abs_diff` (None without the check)."""
+    """Export the trained run in folder `run` to `out` in `format` (only 'onnx'); with `check`, compare onnxruntime's
+    features with PyTorch's (`check_onnx`) and fail beyond `tolerance`. Returns what was written: path, variant, input
+    size, feature size, opset, and `max_abs_diff` (None without the check)."""
     if format not in FORMATS: raise ValueError(f"unknown export format {format!r}; known: {', '.join(FORMATS)}")
     out = Path(out)
     if out.suffix != f".{format}": raise ValueError(f"{out}: an ONNX model is written as .onnx (name it {out.with_suffix('.onnx').name})")

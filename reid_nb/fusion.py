@@ -16,7 +16,8 @@ FUSIONS = ("none", "concat", "sum")
 FUSED_STAGES = ("conv3", "conv4", "conv5")   # FSAFC-Net fuses mid-level conv3/conv4 into conv5
 
 class FeatureFusion(nn.Module):
-    "Max-pool the lower `stages` to the last one's size and fuse: `concat` (channels add up) or `sum` (1×1 conv+BN projection, then add)."
+    """Max-pool the lower `stages` to the last one's size and fuse:
+    `concat` (channels add up) or `sum` (1×1 conv+BN projection, then add)."""
     def __init__(self, mode: str = "concat", channels=(512, 1024, 2048), stages=FUSED_STAGES):
         super().__init__()
         if mode not in FUSIONS or mode == "none": raise ValueError(f"unknown fusion {mode!r}; known: {[m for m in FUSIONS if m != 'none']}")
@@ -28,7 +29,8 @@ class FeatureFusion(nn.Module):
                                       for c in channels[:-1])
 
     def forward(self, feats: dict) -> torch.Tensor:
-        "`feats`: the stage outputs (a dict as returned by `forward_stages`); returns the fused map at the last stage's size."
+        """`feats`: the stage outputs (a dict as returned by `forward_stages`);
+        returns the fused map at the last stage's size."""
         missing = [s for s in self.stages if s not in feats]
         if missing: raise ValueError(f"FeatureFusion needs stage outputs {list(self.stages)}; missing {missing}")
         top = feats[self.stages[-1]]

@@ -35,7 +35,8 @@ def global_pool(kind: str = "avg") -> nn.Module:
 NECKS = ("bnneck", "none")
 
 class ReIDHead(nn.Module):
-    "Global pooling → BNNeck (bias frozen at 0) → bias-free classifier; train: `(logits, pre-BN feature)`, eval: post-BN feature."
+    """Global pooling → BNNeck (bias frozen at 0) → bias-free classifier; train: `(logits, pre-BN feature)`, eval:
+    post-BN feature."""
     def __init__(self, in_features: int, num_classes: int, pooling: str = "avg", neck: str = "bnneck"):
         super().__init__()
         if neck not in NECKS: raise ValueError(f"unknown neck {neck!r}; known: {list(NECKS)}")

@@ -35,23 +35,26 @@ def image_paths(source) -> list[Path]:
     return paths
 
 def camid_from_name(path) -> int:
-    "The 0-based camera of a Market-1501 / DukeMTMC-reID style file name (`0002_c3s1_000021_01.jpg` → 2), or -1 if it has none."
+    """The 0-based camera of a Market-1501 / DukeMTMC-reID style file name (`0002_c3s1_000021_01.jpg` → 2),
+    or -1 if it has none."""
     m = NAME_PATTERN.search(Path(path).name)
     return int(m.group(2)) - 1 if m else -1
 
 # %% ../nbs/35_infer.ipynb #062db1af
 def extract(run, images, batch_size: int = 128, device: str = "auto", flip: bool = True, normalize: bool = True,
             camids: bool = False, chunk: int = 4096, num_workers: int = 2, progress: bool = True, loaded: tuple | None = None) -> dict:
-    """Features of `images` (a folder, a list file, or a list of paths) by the trained run in folder `run`: a dict with `features`
-    (N × D float32), `paths` (N), `bad` (the `(path, reason)` of the unreadable images, which have no row), `camids` (N, or None),
-    and the run's `variant` and `input_size`. `loaded`: the run's `(model, config)` from `load_model`, when the caller has it already."""
+    """Features of `images` (a folder, a list file, or a list of paths) by the trained run in folder `run`: a dict with
+    `features` (N × D float32), `paths` (N), `bad` (the `(path, reason)` of the unreadable images, which have no row),
+    `camids` (N, or None), and the run's `variant` and `input_size`. `loaded`: the run's `(model, config)` from
+    `load_model`, when the caller has it already."""
     for k, v in (("batch_size", batch_size), ("chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{k}={v!r}: expected a positive integer")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r}: expected an integer ≥ 0")
     dev = resolve_device(device)
-    model, meta = loaded or load_model(run, dev)                         # the run first: a wrong run folder is named before anything runs
+    # the run first: a wrong run folder is named before anything runs
+    model, meta = loaded or load_model(run, dev)
     paths = [Path(p) for p in images] if isinstance(images, (list, tuple)) else image_paths(images)
     input_size = tuple(meta["model_config"]["input_size"])
     good, bad = filter_readable([Record(str(p), -1, camid_from_name(p) if camids else -1) for p in paths], warn=False)
@@ -126,11 +129,12 @@ def _checked_features(path, feats: np.ndarray, paths: np.ndarray, camids) -> dic
 
 # %% ../nbs/35_infer.ipynb #da456e5b
 def search(run, queries, gallery, topk: int = 10, metric: str = EvalConfig.metric, **kw) -> list[dict]:
-    """For each query image, its `topk` nearest gallery images: `[{query, top: [{path, distance}, …]}, …]`. `gallery` is a folder,
-    a list file, or a `.npz` feature file of this run; `kw` go to `extract` (batch size, device, flip)."""
+    """For each query image, its `topk` nearest gallery images: `[{query, top: [{path, distance}, …]}, …]`. `gallery` is
+    a folder, a list file, or a `.npz` feature file of this run; `kw` go to `extract` (batch size, device, flip)."""
     if topk < 1: raise ValueError(f"topk={topk}: expected a positive integer")
     kw = dict(kw, normalize=True, camids=False)
-    kw["loaded"] = load_model(run, resolve_device(kw.get("device", "auto")))   # one model for the queries and the gallery
+    # one model for the queries and the gallery
+    kw["loaded"] = load_model(run, resolve_device(kw.get("device", "auto")))
     q = extract(run, [Path(p) for p in ([queries] if isinstance(queries, (str, Path)) else queries)], **kw)
     if q["bad"]: raise ValueError("cannot read query image(s): " + "; ".join(f"{p} ({why})" for p, why in q["bad"]))
     g = load_features(gallery) if str(gallery).endswith(".npz") else extract(run, gallery, **kw)

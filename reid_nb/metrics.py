@@ -40,7 +40,8 @@ def _dist_block(q, q2, g, g2, metric: str, out=None) -> torch.Tensor:
     return d if out is None else out.copy_(d)
 
 def compute_distance(qf, gf, metric: str = "cosine", chunk: int = 4096) -> torch.Tensor:
-    "Distance matrix `len(qf) × len(gf)` (float32, on the features' device); `metric`: 'cosine', 'euclidean' or 'sqeuclidean'."
+    """Distance matrix `len(qf) × len(gf)` (float32, on the features' device); `metric`:
+    'cosine', 'euclidean' or 'sqeuclidean'."""
     qf, gf = _check_features(qf, gf, metric)
     g, g2 = _prep(gf.to(qf.device), metric)
     out = torch.empty(len(qf), len(gf), dtype=torch.float32, device=qf.device)
@@ -59,7 +60,8 @@ def distance_blocks(qf, gf, metric: str = "cosine", block: int | None = None):
 
 # %% ../nbs/21_metrics.ipynb #59fcf3f1
 def evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, cross_camera: bool = False) -> dict:
-    "The protocol one query at a time (sort each row; ties: non-matches first). Slow; the definition `evaluate_rank` is tested against."
+    """The protocol one query at a time (sort each row; ties: non-matches first). Slow;
+    the definition `evaluate_rank` is tested against."""
     distmat, q_pids, g_pids, q_camids, g_camids = (np.asarray(_to_numpy(a)) for a in (distmat, q_pids, g_pids, q_camids, g_camids))
     cmc, aps, inps = np.zeros(max_rank), [], []
     for i in range(len(distmat)):

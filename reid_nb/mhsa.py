@@ -14,7 +14,8 @@ __all__ = ['MHSA_STAGES', 'MHSA', 'add_mhsa']
 
 # %% ../nbs/02_mhsa.ipynb #beb51fa0
 class MHSA(BottleneckAttn):
-    "BoTNet multi-head self-attention (timm's `BottleneckAttn`) built for one `feat_size`; a strided layer attends, then average-pools 2×2."
+    """BoTNet multi-head self-attention (timm's `BottleneckAttn`) built for one `feat_size`;
+    a strided layer attends, then average-pools 2×2."""
     def __init__(self, dim: int, feat_size: tuple[int, int], stride: int = 1, num_heads: int = 4, input_size=None):
         if stride not in (1, 2): raise ValueError(f"MHSA stride must be 1 or 2, got {stride!r}")
         if dim % num_heads: raise ValueError(f"MHSA: {dim} channels do not split into {num_heads} heads")
@@ -47,14 +48,16 @@ class MHSA(BottleneckAttn):
 MHSA_STAGES = ("conv2", "conv3", "conv4", "conv5")
 
 def add_mhsa(backbone: ResNetReID, input_size=(256, 128), stages=("conv4", "conv5"), num_heads: int = 4) -> ResNetReID:
-    "Replace the 3×3 `conv2` of every bottleneck in `stages` by `MHSA` built for an `input_size` (H, W) image; in place."
+    """Replace the 3×3 `conv2` of every bottleneck in `stages` by `MHSA` built for an `input_size` (H, W) image;
+    in place."""
     bad = [s for s in stages if s not in MHSA_STAGES]
     if bad: raise ValueError(f"add_mhsa: unknown or non-bottleneck stage(s) {bad}; known: {list(MHSA_STAGES)}")
     input_size = tuple(int(v) for v in input_size)
     shapes = backbone.stage_shapes(input_size)
     for stage in stages:
         prev = STAGES[STAGES.index(stage) - 1]
-        size = shapes["conv2" if stage == "conv2" else prev][1:]      # conv2_x's input is the max-pooled stem, already conv2-sized
+        # conv2_x's input is the max-pooled stem, already conv2-sized
+        size = shapes["conv2" if stage == "conv2" else prev][1:]
         for block in backbone.stage_modules(stage):
             conv = block.conv2
             if isinstance(conv, MHSA): raise ValueError(f"add_mhsa: {stage} already has MHSA")

@@ -31,7 +31,8 @@ def component(name: str):
 # %% ../nbs/07_models.ipynb #ec3b86b5
 BACKBONES = {"resnet50_ibn_a": resnet50_ibn_a, "resnet50": resnet50}
 
-_CHOICES = {"channel_attn": "CHANNEL_ATTNS", "relation_attn": "RELATION_ATTNS", "fusion": "FUSIONS"}   # each component's list of names
+# each component's list of names
+_CHOICES = {"channel_attn": "CHANNEL_ATTNS", "relation_attn": "RELATION_ATTNS", "fusion": "FUSIONS"}
 
 def _plain(d: dict) -> dict:
     "A config dict as JSON holds it: tuples as lists."
@@ -96,11 +97,13 @@ class ModelConfig:
 MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 # %% ../nbs/07_models.ipynb #ea325d10
-PROFILE_OPTIONS = ("input_size", "width", "pretrained")   # set by the training profile (params `train`), not by a variant
+# set by the training profile (params `train`), not by a variant
+PROFILE_OPTIONS = ("input_size", "width", "pretrained")
 VARIANT_KEYS = ("base", "label", "description")           # what a variant definition holds besides architecture fields
 
 class Variant(dict):
-    "One row of the variants table: the variant's full `ModelConfig` dict (what `build_model` starts from), with the report's `label`, a one-line `description` and the variant it was derived from (`base`)."
+    """One row of the variants table: the variant's full `ModelConfig` dict (what `build_model` starts from),
+    with the report's `label`, a one-line `description` and the variant it was derived from (`base`)."""
     def __init__(self, config: dict, label: str, description: str, base: str | None = None):
         super().__init__(config)
         self.label, self.description, self.base = label, description, base
@@ -111,7 +114,8 @@ VARIANTS: dict[str, Variant] = {}
 
 def make_variant(name: str, base: str | None = None, label: str | None = None, description: str | None = None, check: bool = True,
                  **changes) -> Variant:
-    "Variant `name`: `base`'s config (the `ModelConfig` defaults without one) with architecture `changes`; `check` builds the `ModelConfig` to validate it."
+    """Variant `name`: `base`'s config (the `ModelConfig` defaults without one) with architecture `changes`;
+    `check` builds the `ModelConfig` to validate it."""
     where = f"variant {name!r}"
     if base is not None and base not in VARIANTS: raise ValueError(f"{where}: unknown base {base!r}; known: {', '.join(VARIANTS)}")
     arch = [o for o in MODEL_OPTIONS if o not in PROFILE_OPTIONS]
@@ -142,15 +146,16 @@ for _name, _spec in {   # the ablation: each variant is its base plus what it ad
 BUILTIN_VARIANTS = tuple(VARIANTS)
 
 # %% ../nbs/07_models.ipynb #7c0d1e02
-VARIANTS_ENV = "REID_NB_VARIANT_DEFS"   # the declared variants, as JSON, for a child process (the report's notebook kernel)
+# the declared variants, as JSON, for a child process (the report's notebook kernel)
+VARIANTS_ENV = "REID_NB_VARIANT_DEFS"
 DECLARED: dict[str, dict] = {}           # the definitions `register_variants` added, as written, for `variants_env`
 ENV_ERROR: str | None = None             # why $REID_NB_VARIANT_DEFS could not be read, if it could not
 
 def register_variants(defs: dict | None, source: str = "variant_defs", check: bool = False) -> list[str]:
-    """Add the variants `defs` declares, `{name: {base: ..., label: ..., description: ..., <ModelConfig field>: ...}}`, to `VARIANTS`
-    (an unknown base or key is an error naming it; `check` also validates the values, which imports the attention modules — else
-    `variant_config` does it when the model is built). Declaring a name again with the same definition is a no-op;
-    a built-in name, or a name declared differently before, is an error."""
+    """Add the variants `defs` declares, `{name: {base: ..., label: ..., description: ..., <ModelConfig field>: ...}}`,
+    to `VARIANTS` (an unknown base or key is an error naming it; `check` also validates the values, which imports the
+    attention modules — else `variant_config` does it when the model is built). Declaring a name again with the same
+    definition is a no-op; a built-in name, or a name declared differently before, is an error."""
     if not defs: return []
     if not isinstance(defs, dict): raise ValueError(f"{source}: expected a mapping of variant names to definitions, got {defs!r}")
     names = []
@@ -168,24 +173,28 @@ def register_variants(defs: dict | None, source: str = "variant_defs", check: bo
     return names
 
 def variant_config(name: str) -> ModelConfig:
-    "The validated `ModelConfig` of variant `name` (imports the attention modules it uses); a bad value is an error naming the variant."
+    """The validated `ModelConfig` of variant `name` (imports the attention modules it uses);
+    a bad value is an error naming the variant."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}" + (f" ({ENV_ERROR})" if ENV_ERROR else ""))
     try: return ModelConfig(**VARIANTS[name])
     except (ValueError, TypeError) as e: raise ValueError(f"variant {name!r}: {e}") from None
 
 def variant_record(name: str) -> str:
-    "Variant `name` as `reid-nb deps` writes it to deps/variants/<name>/variant.json: config, label, description and base, keys sorted."
+    """Variant `name` as `reid-nb deps` writes it to deps/variants/<name>/variant.json:
+    config, label, description and base, keys sorted."""
     v = VARIANTS[name]
     return json.dumps(dict(config=dict(v), label=v.label, description=v.description, base=v.base), sort_keys=True, indent=1) + "\n"
 
 def variants_env(names=None) -> dict[str, str]:
-    "The environment a child process needs to know the declared variants (`names`, default all): `{VARIANTS_ENV: JSON}`, or `{}`."
+    """The environment a child process needs to know the declared variants (`names`, default all):
+    `{VARIANTS_ENV: JSON}`, or `{}`."""
     defs = {n: DECLARED[n] for n in (DECLARED if names is None else names) if n in DECLARED}
     return {VARIANTS_ENV: json.dumps(defs)} if defs else {}
 
 def load_env_variants(environ=None) -> list[str]:
-    "Register the variants a parent process declared in `$REID_NB_VARIANT_DEFS`; a bad value is one error naming the variable."
+    """Register the variants a parent process declared in `$REID_NB_VARIANT_DEFS`;
+    a bad value is one error naming the variable."""
     raw = (os.environ if environ is None else environ).get(VARIANTS_ENV)
     if not raw: return []
     try: defs = json.loads(raw)
@@ -193,14 +202,16 @@ def load_env_variants(environ=None) -> list[str]:
     try: return register_variants(defs, source=f"${VARIANTS_ENV}")
     except ValueError as e: raise ValueError(f"{e} (unset ${VARIANTS_ENV} if a stale value was left there)") from None
 
-try: load_env_variants()                 # declared by a parent process; a bad value must not stop every import of reid_nb
+# declared by a parent process; a bad value must not stop every import of reid_nb
+try: load_env_variants()
 except ValueError as _e:
     ENV_ERROR = str(_e)
     warnings.warn(ENV_ERROR)
 
 # %% ../nbs/07_models.ipynb #1dd0f7ef
 class AfterStage(nn.ModuleDict):
-    "The attention modules applied, in order, to one stage's output; `maps` (when given) collects RGA-S's spatial gates as `rga_<stage>`."
+    """The attention modules applied, in order, to one stage's output;
+    `maps` (when given) collects RGA-S's spatial gates as `rga_<stage>`."""
     def __init__(self, modules: dict | None = None):    # `{name: module}` in application order (the signature the docs can show)
         super().__init__(modules)
 
@@ -213,13 +224,15 @@ class AfterStage(nn.ModuleDict):
         return x
 
 def _rename_old_keys(module, state_dict, prefix, *args):
-    "A load_state_dict pre-hook: state-dict keys of a model saved before attention was chosen by name, renamed in place (`upgrade_state_dict`)."
+    """A load_state_dict pre-hook: state-dict keys of a model saved before attention was chosen by name,
+    renamed in place (`upgrade_state_dict`)."""
     for k in [k for k in state_dict if k.startswith(prefix)]:
         new = prefix + upgrade_key(k[len(prefix):])
         if new != k: state_dict[new] = state_dict.pop(k)
 
 class ReIDModel(nn.Module):
-    "A ReID network built from a `ModelConfig`: backbone (+MHSA, channel and relation attention) → optional fusion → head. See `build_model`."
+    """A ReID network built from a `ModelConfig`: backbone (+MHSA,
+    channel and relation attention) → optional fusion → head. See `build_model`."""
     def __init__(self, config: ModelConfig, num_classes: int, variant: str | None = None):
         super().__init__()
         cfg = config
@@ -227,7 +240,8 @@ class ReIDModel(nn.Module):
         self.backbone = BACKBONES[cfg.backbone](last_stride=cfg.last_stride, pretrained=cfg.pretrained, width=cfg.width)
         # the parameters that received checkpoint values, held until the end of __init__ (so their ids stay unique)
         loaded = {id(p): p for n, p in self.backbone.named_parameters() if n in getattr(self.backbone, "pretrained_keys", ())}
-        use = cfg.components()                                               # each component's module is imported only if used
+        # each component's module is imported only if used
+        use = cfg.components()
         if "mhsa" in use: component("mhsa").add_mhsa(self.backbone, cfg.input_size, cfg.mhsa, cfg.mhsa_heads)
         chan = (component("channel_attn").add_channel_attn(self.backbone, cfg.channel_attn, cfg.channel_attn_at)
                 if "channel_attn" in use else {})                            # empty unless placed after the stages
@@ -240,9 +254,11 @@ class ReIDModel(nn.Module):
             self.fusion = fu.FeatureFusion(cfg.fusion, [self.backbone.channels[s] for s in fu.FUSED_STAGES])
         dim = self.fusion.out_channels if self.fusion is not None else self.backbone.channels["conv5"]
         self.head = ReIDHead(dim, num_classes, cfg.pooling, cfg.neck)
-        # names of the parameters that did not come from the checkpoint (None: nothing was loaded, every parameter is new)
+        # names of the parameters that did not come from the checkpoint (None: nothing was loaded, every parameter is
+        # new)
         self.new_parameters = [n for n, p in self.named_parameters() if id(p) not in loaded] if loaded else None
-        self.register_load_state_dict_pre_hook(_rename_old_keys)             # weights saved before attention was chosen by name
+        # weights saved before attention was chosen by name
+        self.register_load_state_dict_pre_hook(_rename_old_keys)
 
     @property
     def pretrained_from(self) -> dict | None:
@@ -259,7 +275,8 @@ class ReIDModel(nn.Module):
         return {m: t for m, t in whole.items() if not any(m.startswith(a + ".") for a in whole if a != m)}
 
     def describe_new(self) -> dict | None:
-        "What the run should record about the new layers: tensor and parameter counts and `new_modules()` (None without pretrained weights)."
+        """What the run should record about the new layers: tensor and parameter counts and `new_modules()` (None
+        without pretrained weights)."""
         if self.new_parameters is None: return None
         sizes = dict(self.named_parameters())
         return dict(tensors=len(self.new_parameters), parameters=sum(sizes[n].numel() for n in self.new_parameters),
@@ -267,7 +284,8 @@ class ReIDModel(nn.Module):
 
     @property
     def config(self) -> dict:
-        "The architecture as a plain JSON-serialisable dict: the variant and every `ModelConfig` field (`num_classes` is its own attribute)."
+        """The architecture as a plain JSON-serialisable dict:
+        the variant and every `ModelConfig` field (`num_classes` is its own attribute)."""
         return {"variant": self.variant, **self.cfg.to_dict()}
 
     @property
@@ -301,7 +319,8 @@ class ReIDModel(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, x) -> dict[str, torch.Tensor]:
-        "Spatial attention over the image, `{name: (N, h, w)}`: RGA-S gates and MHSA attention (last block per stage, mean over heads and queries)."
+        """Spatial attention over the image, `{name: (N, h, w)}`:
+        RGA-S gates and MHSA attention (last block per stage, mean over heads and queries)."""
         self.check_input(x)
         was_training, maps, hooks = self.training, {}, []
         def grab(stage, mod, args):
@@ -334,7 +353,8 @@ def build_model(variant: str, num_classes: int, **overrides) -> ReIDModel:
     return ReIDModel(cfg, num_classes, variant=variant)
 
 def model_from_config(config: dict, num_classes: int, pretrained: str | None = None) -> ReIDModel:
-    "Rebuild the model that `ReIDModel.config` describes (backbone weights from `pretrained`, default none: load a checkpoint next); older configs are upgraded first (`upgrade_config`)."
+    """Rebuild the model that `ReIDModel.config` describes (backbone weights from `pretrained`, default none:
+    load a checkpoint next); older configs are upgraded first (`upgrade_config`)."""
     cfg = upgrade_config(config)
     if "variant" not in cfg: raise ValueError(f"model config lacks 'variant'; it should be a ReIDModel.config dict, got keys {sorted(cfg)}")
     variant = cfg.pop("variant")
@@ -343,7 +363,8 @@ def model_from_config(config: dict, num_classes: int, pretrained: str | None = N
     cfg.pop("num_classes", None)                      # tolerated when it agrees
     cfg["pretrained"] = pretrained
     if variant in VARIANTS: return build_model(variant, num_classes, **cfg)
-    # a variant this process does not know (declared in a params file it has not read): the saved config is the whole architecture
+    # a variant this process does not know (declared in a params file it has not read): the saved config is the whole
+    # architecture
     if missing := [o for o in MODEL_OPTIONS if o not in cfg]:
         raise ValueError(f"model config of variant {variant!r}, which is not a known variant ({', '.join(VARIANTS)}), lacks "
                          f"{', '.join(missing)}: it cannot be rebuilt without the variant's definition (pass the params file that declares it)")
@@ -355,8 +376,8 @@ _OLD_ECA, _OLD_RGA = ("none", "stage", "block"), ("none", "s", "c", "sc")
 
 def upgrade_config(config: dict) -> dict:
     """A model config written before attention was chosen by name, in today's fields: `eca: stage|block` becomes
-    `channel_attn: eca` at that placement (`eca: none`: no channel attention), `rga: s|c|sc` becomes `relation_attn: rga_s|rga_c|rga_sc`.
-    A current config comes back unchanged (a copy)."""
+    `channel_attn: eca` at that placement (`eca: none`: no channel attention), `rga: s|c|sc` becomes `relation_attn:
+    rga_s|rga_c|rga_sc`. A current config comes back unchanged (a copy)."""
     c = dict(config)
     if "eca" in c:
         eca = c.pop("eca")
@@ -373,21 +394,25 @@ _OLD_KEYS = ((re.compile(r"^eca\.(conv\d)\."), r"after.\1.channel_attn."), (re.c
              (re.compile(r"\.bn3\.eca\."), ".bn3.attn."))
 
 def upgrade_key(key: str) -> str:
-    "Today's name of a state-dict key of a model saved before attention was chosen by name (`eca.conv1.…` → `after.conv1.channel_attn.…`)."
+    """Today's name of a state-dict key of a model saved before attention was chosen by name (`eca.conv1.…` →
+    `after.conv1.channel_attn.…`)."""
     for old, new in _OLD_KEYS: key = old.sub(new, key)
     return key
 
 def upgrade_state_dict(sd: dict) -> dict:
-    "`sd` with old keys renamed (`upgrade_key`); a current state dict comes back unchanged. `ReIDModel.load_state_dict` does this itself."
+    """`sd` with old keys renamed (`upgrade_key`); a current state dict comes back unchanged.
+    `ReIDModel.load_state_dict` does this itself."""
     return {upgrade_key(k): v for k, v in sd.items()}
 
 # %% ../nbs/07_models.ipynb #59391bd3
 def count_params(model: nn.Module) -> int:
-    "Parameters without the classifier, whose size depends on the number of training identities (what the papers' tables count)."
+    """Parameters without the classifier, whose size depends on the number of training identities (what the papers'
+    tables count)."""
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head.classifier"))
 
 def count_flops(model: nn.Module, input_size=(256, 128)) -> int:
-    "FLOPs (multiply-add = 2) of one `input_size` image through `model` in eval mode, measured with `FlopCounterMode` (works on the meta device)."
+    """FLOPs (multiply-add = 2) of one `input_size` image through `model` in eval mode,
+    measured with `FlopCounterMode` (works on the meta device)."""
     was, device = model.training, next(model.parameters()).device
     model.eval()
     try:
@@ -397,7 +422,8 @@ def count_flops(model: nn.Module, input_size=(256, 128)) -> int:
     return counter.get_total_flops()
 
 def variant_table(input_size=(256, 128), variants=None, device="meta", width: float = 1.0) -> list[dict]:
-    "One row per variant: parameters without the classifier (M), GFLOPs and GMACs of one image, feature size, conv5 map."
+    """One row per variant: parameters without the classifier (M), GFLOPs and GMACs of one image, feature size,
+    conv5 map."""
     rows = []
     for v in variants or VARIANTS:
         with torch.device(device): m = build_model(v, 1, input_size=input_size, width=width)
@@ -418,6 +444,7 @@ def markdown_table(rows: list[dict]) -> str:
 if __name__ == "__main__":
     import sys
     args = sys.argv[1:]
-    size = (int(args[0]), int(args[1])) if len(args) == 2 and all(a.isdigit() for a in args) else (256, 128)  # (a kernel's own argv: default)
+    # (a kernel's own argv: default)
+    size = (int(args[0]), int(args[1])) if len(args) == 2 and all(a.isdigit() for a in args) else (256, 128)
     print(f"input {size[0]}×{size[1]}")
     print(markdown_table(variant_table(size)))

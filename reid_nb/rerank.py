@@ -98,7 +98,8 @@ def _d_rows(qg, qq, gg, a: int, b: int, buf: torch.Tensor):
     return out.div_(cm[:, None]), cm
 
 def _d_at(qg, qq, gg, colmax, i: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    "D[i, e] = M[e, i] / colmax[i] for index tensors i, e of the same shape (gathers from the four blocks, no boolean masks)."
+    """D[i, e] = M[e, i] / colmax[i] for index tensors i, e of the same shape (gathers from the four blocks,
+    no boolean masks)."""
     nq, ng = qg.shape
     iq, eq = i < nq, e < nq
     ic, ec = i.clamp(max=nq - 1), e.clamp(max=nq - 1)                   # clamped indices: every gather is in range
@@ -121,7 +122,8 @@ def _expanded_sets(R: torch.Tensor, k1: int, chunk: int = 4096) -> torch.Tensor:
         Rc, rc = R[a:a + chunk], recip[a:a + chunk]
         kset = torch.where(rc, Rc, N)                                  # the k-reciprocal set of each row
         cand_h = torch.where(recip_h[Rc], Rh[Rc], -1)                  # (c, k1+1, kh): half sets of each member
-        ks = kset.sort(dim=1).values                                    # membership in the k-reciprocal set by binary search
+        # membership in the k-reciprocal set by binary search
+        ks = kset.sort(dim=1).values
         flat = cand_h.flatten(1)
         pos = torch.searchsorted(ks, flat).clamp(max=ks.shape[1] - 1)
         inter = (ks.gather(1, pos) == flat).view(cand_h.shape).sum(-1)
@@ -152,7 +154,8 @@ def _merge_rows(idx: torch.Tensor, val: torch.Tensor, N: int):
 
 # %% ../nbs/22_rerank.ipynb #9cb5a655
 def _min_sum(qi, qk, qv, col_ptr, ncol, col_rows, col_vals, n_cols: int, out: torch.Tensor):
-    "out[i, j] += Σ_k min(V[i,k], V[j,k]) for the query entries (qi, qk, qv) and the column-ordered V (`ncol[k]` entries in column k)."
+    """out[i, j] += Σ_k min(V[i,k], V[j,k]) for the query entries (qi, qk,
+    qv) and the column-ordered V (`ncol[k]` entries in column k)."""
     lens = ncol[qk]
     rep = torch.repeat_interleave(torch.arange(len(qk), device=qk.device), lens)
     pos = torch.arange(len(rep), device=qk.device) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens) + col_ptr[qk][rep]
@@ -212,8 +215,8 @@ def _check_k(k1, k2, lambda_value, N):
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
                chunk: int = 1024, pair_budget: int = 1 << 22, device=None) -> torch.Tensor:
-    """k-reciprocal re-ranking (Zhong et al. 2017) of a query×gallery distance; exact to the classic dense
-    algorithm (inputs squared, column-max normalised; ties by index), computed sparsely. Returns a float32 q×g tensor."""
+    """k-reciprocal re-ranking (Zhong et al. 2017) of a query×gallery distance; exact to the classic dense algorithm
+    (inputs squared, column-max normalised; ties by index), computed sparsely. Returns a float32 q×g tensor."""
     qg, qq, gg = (_as_tensor(x, n) for x, n in ((q_g_dist, "q_g_dist"), (q_q_dist, "q_q_dist"), (g_g_dist, "g_g_dist")))
     nq, ng = qg.shape if qg.ndim == 2 else (None, None)
     if qg.ndim != 2 or tuple(qq.shape) != (nq, nq) or tuple(gg.shape) != (ng, ng):
@@ -244,7 +247,8 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     return final
 
 def _split(cum_pairs: np.ndarray, budget: int) -> list[int]:
-    "Query boundaries so that each group expands to about `budget` (query nonzero, column nonzero) pairs; at most 1024 queries."
+    """Query boundaries so that each group expands to about `budget` (query nonzero, column nonzero) pairs;
+    at most 1024 queries."""
     bounds, a = [0], 0
     while a < len(cum_pairs):
         base = cum_pairs[a - 1] if a else 0

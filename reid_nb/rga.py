@@ -24,7 +24,8 @@ def gate_net(cin: int, down_ratio: int) -> nn.Sequential:
     return nn.Sequential(conv_bn(cin, mid), conv_bn(mid, 1, relu=False))
 
 class RGA(nn.Module):
-    "Relation-Aware Global Attention: spatial (RGA-S) and/or channel (RGA-C) gates from stacked pairwise relations + unary features."
+    """Relation-Aware Global Attention: spatial (RGA-S) and/or channel (RGA-C) gates from stacked pairwise relations +
+    unary features."""
     def __init__(self, in_channels: int, in_spatial: int, use_spatial: bool = True, use_channel: bool = True,
                  cha_ratio: int = 8, spa_ratio: int = 8, down_ratio: int = 8):
         super().__init__()
@@ -101,8 +102,8 @@ RELATION_ATTNS = ("rga_s", "rga_c", "rga_sc")
 
 def relation_attn(name: str, backbone: ResNetReID, input_size=(256, 128), stages=("conv2", "conv3", "conv4", "conv5"),
                   **kwargs) -> nn.ModuleDict:
-    """RGA modules `name` ('rga_s': spatial, 'rga_c': channel, 'rga_sc': both) after each stage in `stages` of `backbone`, sized
-    for an `input_size` (H, W) image; pass as `backbone.forward_stages(x, after=...)`."""
+    """RGA modules `name` ('rga_s': spatial, 'rga_c': channel, 'rga_sc': both) after each stage in `stages` of
+    `backbone`, sized for an `input_size` (H, W) image; pass as `backbone.forward_stages(x, after=...)`."""
     if name not in RELATION_ATTNS: raise ValueError(f"relation_attn: unknown attention {name!r}; known: {', '.join(RELATION_ATTNS)}")
     bad = [s for s in stages if s not in STAGES]
     if bad: raise ValueError(f"relation_attn: unknown stage(s) {bad}; known: {list(STAGES)}")

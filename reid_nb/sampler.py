@@ -30,7 +30,8 @@ def split_identities(counts: dict, K: int, world_size: int, seed: int = 0) -> li
 
 # %% ../nbs/12_sampler.ipynb #2b706d95
 class PKSampler(Sampler):
-    "Batches of P distinct identities × K images, covering every training image each epoch; deterministic from (seed, epoch, rank)."
+    """Batches of P distinct identities × K images, covering every training image each epoch;
+    deterministic from (seed, epoch, rank)."""
     def __init__(self, pids: Sequence, P: int = 16, K: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1):
         if P < 1 or K < 1: raise ValueError(f"PKSampler: P and K must be ≥ 1, got P={P}, K={K}")
         if world_size < 1 or not 0 <= rank < world_size: raise ValueError(f"PKSampler: need 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")

@@ -33,7 +33,8 @@ def _size(input_size) -> tuple[int, int]:
 
 def build_transforms(input_size=(256, 128), train: bool = True, flip_p: float = 0.5, pad: int = 10, erase_p: float = 0.5,
                      erase_scale=(0.02, 0.4), erase_ratio=(0.3, 3.3), mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    "The torchvision (v2) transform from a PIL image to a normalised float tensor: augmented when `train`, else resize + normalise."
+    """The torchvision (v2) transform from a PIL image to a normalised float tensor:
+    augmented when `train`, else resize + normalise."""
     size = _size(input_size)
     ops = [v2.ToImage(), v2.Resize(size, antialias=True)]
     if train:
@@ -47,7 +48,8 @@ def build_transforms(input_size=(256, 128), train: bool = True, flip_p: float = 
 class BadImageError(OSError):
     "An image file that cannot be decoded."
 
-MAX_PIXELS = 50_000_000      # a person crop is a few thousand to ~100,000 pixels; 50 M is a panorama, or a decompression bomb
+# a person crop is a few thousand to ~100,000 pixels; 50 M is a panorama, or a decompression bomb
+MAX_PIXELS = 50_000_000
 _PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 def _open_checked(path) -> Image.Image:
@@ -88,7 +90,8 @@ def filter_readable(records: Sequence, warn: bool = True) -> tuple[list, list[tu
 
 # %% ../nbs/13_transforms.ipynb #33c7bd54
 class ImageDataset(Dataset):
-    "Records `(path, pid, camid)` → `(transform(image), pid, camid, index)`; `skip_bad` drops unreadable images with a warning."
+    """Records `(path, pid, camid)` → `(transform(image), pid, camid, index)`;
+    `skip_bad` drops unreadable images with a warning."""
     def __init__(self, records: Sequence, transform=None, skip_bad: bool = False):
         self.records, self.skipped = list(records), []
         if skip_bad: self.records, self.skipped = filter_readable(self.records)
@@ -149,14 +152,16 @@ def decode_split(records: Sequence, size=(128, 64), num_workers: int | None = No
 
 # %% ../nbs/13_transforms.ipynb #2112e987
 def host_to_device(t: torch.Tensor, device=None) -> torch.Tensor:
-    "Move a CPU tensor to `device`: pinned and asynchronous on CUDA (the host does not wait for the GPU), a plain move elsewhere."
+    """Move a CPU tensor to `device`: pinned and asynchronous on CUDA (the host does not wait for the GPU),
+    a plain move elsewhere."""
     if device is None: return t
     device = torch.device(device)
     if device.type == "cuda": return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
 class BatchAugment(nn.Module):
-    "The training augmentation of `build_transforms` on a whole uint8 batch `(B, 3, h, w)`, on the batch's device; returns normalised float."
+    """The training augmentation of `build_transforms` on a whole uint8 batch `(B, 3, h, w)`, on the batch's device;
+    returns normalised float."""
     def __init__(self, input_size=(256, 128), flip_p: float = 0.5, pad: int = 10, erase_p: float = 0.5,
                  erase_scale=(0.02, 0.4), erase_ratio=(0.3, 3.3), mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0):
         super().__init__()
@@ -174,11 +179,13 @@ class BatchAugment(nn.Module):
         self.generator.manual_seed(int(seed)); return self
 
     def draw(self, B: int, device=None) -> torch.Tensor:
-        "The `(B, DRAWS)` uniforms of one batch from the CPU generator, on `device` in one copy (pinned and asynchronous on CUDA)."
+        """The `(B, DRAWS)` uniforms of one batch from the CPU generator,
+        on `device` in one copy (pinned and asynchronous on CUDA)."""
         return host_to_device(torch.rand(B, self.DRAWS, generator=self.generator), device)
 
     def erase_params(self, u: torch.Tensor):
-        "Per image, from its 23 erasing uniforms `u` `(B, 23)`: (apply, top, left, height, width), drawn like torchvision's `RandomErasing`."
+        """Per image, from its 23 erasing uniforms `u` `(B, 23)`:
+        (apply, top, left, height, width), drawn like torchvision's `RandomErasing`."""
         H, W = self.input_size
         area = H * W * (self.erase_scale[0] + (self.erase_scale[1] - self.erase_scale[0]) * u[:, :10])
         lr = (math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1]))
