@@ -75,6 +75,7 @@ def describe(model: nn.Module) -> str:
     v = getattr(model, "variant", None)
     return f"variant {v!r}" if v else f"model {type(model).__name__}"
 
+# %% ../nbs/36_export.ipynb #3f1a0b11
 def export_onnx(model: nn.Module, out, input_size=None, opset: int = OPSET, label: str | None = None,
                 metadata: dict | None = None) -> Path:
     """Write `model`'s evaluation forward pass as ONNX to `out` (one .onnx file, written atomically): input `images`

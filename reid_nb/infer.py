@@ -17,7 +17,14 @@ from .metrics import compute_distance
 from .transforms import filter_readable, read_image
 
 # %% auto #0
-__all__ = ['image_paths', 'camid_from_name', 'extract', 'save_features', 'load_features', 'search', 'plot_search', 'save_search']
+__all__ = ['camid_from_name', 'image_paths', 'extract', 'save_features', 'load_features', 'search', 'plot_search', 'save_search']
+
+# %% ../nbs/35_infer.ipynb #3f1a0b01
+def camid_from_name(path) -> int:
+    """The 0-based camera of a Market-1501 / DukeMTMC-reID style file name (`0002_c3s1_000021_01.jpg` → 2),
+    or -1 if it has none."""
+    m = NAME_PATTERN.search(Path(path).name)
+    return int(m.group(2)) - 1 if m else -1
 
 # %% ../nbs/35_infer.ipynb #a8fa5b0b
 def image_paths(source) -> list[Path]:
@@ -34,12 +41,6 @@ def image_paths(source) -> list[Path]:
         if os.path.exists(p): check_regular(p, "image file")
     if not paths: raise ValueError(f"{src}: holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, .bmp, .webp)")
     return paths
-
-def camid_from_name(path) -> int:
-    """The 0-based camera of a Market-1501 / DukeMTMC-reID style file name (`0002_c3s1_000021_01.jpg` → 2),
-    or -1 if it has none."""
-    m = NAME_PATTERN.search(Path(path).name)
-    return int(m.group(2)) - 1 if m else -1
 
 # %% ../nbs/35_infer.ipynb #062db1af
 def extract(run, images, batch_size: int = 128, device: str = "auto", flip: bool = True, normalize: bool = True,
@@ -88,6 +89,27 @@ def save_features(result: dict, out) -> Path:
         with open(tmp, "wb") as f: np.savez(f, **arrays)
     return atomic_write(out, write)
 
+# %% ../nbs/35_infer.ipynb #3f1a0b05
+def _checked_features(path, feats: np.ndarray, paths: np.ndarray, camids) -> dict:
+    "The arrays of a feature file, refused (naming the file and what is wrong) unless shapes, kinds and values agree."
+    if feats.ndim != 2 or feats.dtype.kind != "f" or feats.shape[1] < 1:
+        raise ValueError(f"{path}: features is a {feats.dtype} array of shape {feats.shape}; expected N × D floating "
+                         "point")
+    if paths.ndim != 1 or paths.dtype.kind != "U":
+        raise ValueError(f"{path}: paths is a {paths.dtype} array of shape {paths.shape}; expected N file names")
+    if len(paths) != len(feats):
+        raise ValueError(f"{path}: {len(feats)} feature rows but {len(paths)} paths; expected one row per path "
+                         "(a damaged or edited file)")
+    if not np.isfinite(feats).all():
+        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        raise ValueError(f"{path}: {len(bad)} of {len(feats)} feature rows are not finite (NaN or inf; first: "
+                         f"{paths[bad[0]]}); extract them again with a finite model")
+    if camids is not None and (camids.shape != (len(feats),) or camids.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: camids is a {camids.dtype} array of shape {camids.shape}; expected {len(feats)} "
+                         "integers")
+    return dict(features=feats.astype(np.float32), paths=[str(p) for p in paths], camids=camids)
+
+# %% ../nbs/35_infer.ipynb #3f1a0b07
 def load_features(path) -> dict:
     """A feature file written by `save_features`: `features`, `paths` (list of str) and `camids` (or None). A regular
     file under `MAX_FEATURE_BYTES`, a zip archive by its first bytes (never handed to numpy's pickle loader), and
@@ -112,25 +134,6 @@ def load_features(path) -> dict:
             why = str(e).splitlines()[0] if str(e) else ""
             raise ValueError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {why})") from None
     return _checked_features(path, feats, paths, camids)
-
-def _checked_features(path, feats: np.ndarray, paths: np.ndarray, camids) -> dict:
-    "The arrays of a feature file, refused (naming the file and what is wrong) unless shapes, kinds and values agree."
-    if feats.ndim != 2 or feats.dtype.kind != "f" or feats.shape[1] < 1:
-        raise ValueError(f"{path}: features is a {feats.dtype} array of shape {feats.shape}; expected N × D floating "
-                         "point")
-    if paths.ndim != 1 or paths.dtype.kind != "U":
-        raise ValueError(f"{path}: paths is a {paths.dtype} array of shape {paths.shape}; expected N file names")
-    if len(paths) != len(feats):
-        raise ValueError(f"{path}: {len(feats)} feature rows but {len(paths)} paths; expected one row per path "
-                         "(a damaged or edited file)")
-    if not np.isfinite(feats).all():
-        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
-        raise ValueError(f"{path}: {len(bad)} of {len(feats)} feature rows are not finite (NaN or inf; first: "
-                         f"{paths[bad[0]]}); extract them again with a finite model")
-    if camids is not None and (camids.shape != (len(feats),) or camids.dtype.kind not in "iu"):
-        raise ValueError(f"{path}: camids is a {camids.dtype} array of shape {camids.shape}; expected {len(feats)} "
-                         "integers")
-    return dict(features=feats.astype(np.float32), paths=[str(p) for p in paths], camids=camids)
 
 # %% ../nbs/35_infer.ipynb #da456e5b
 def search(run, queries, gallery, topk: int = 10, metric: str = EvalConfig.metric, **kw) -> list[dict]:
@@ -173,6 +176,7 @@ def plot_search(results: list[dict], thumb=(128, 64)):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/35_infer.ipynb #3f1a0b09
 def save_search(results: list[dict], out_dir) -> tuple[Path, Path]:
     """Write `results` as `OUT/search.json` and their figure as `OUT/search.png`. The figure is drawn first, in memory:
     when it fails (an image gone or unreadable), neither file is written, so no half of an output is left."""
