@@ -49,6 +49,7 @@ def check_width(width: float) -> int:
                          f"got {width!r}")
     return int(stem)
 
+# %% ../nbs/01_backbone.ipynb #b1c0a011
 def bottleneck_stage(inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
     """`blocks` torchvision `Bottleneck`s (stride on the 3×3, projection shortcut on the first),
     named as torchvision names them."""
@@ -120,7 +121,6 @@ class ResNetReID(nn.Module):
             sizes[name] = (self.channels[name], h, w)
         return sizes
 
-
 # %% ../nbs/01_backbone.ipynb #07ee4c4c
 def resnet50_ibn_a(last_stride: int = 2, pretrained: str | os.PathLike | None = None, checksum: str | None = None,
                    width: float = 1.0, zero_init_residual: bool = True) -> ResNetReID:
@@ -155,6 +155,7 @@ def weights_source(src, backbone: str) -> str:
     one `pretrained` setting for both trunks (`weights/{backbone}.pth`)."""
     return str(src).replace("{backbone}", backbone)
 
+# %% ../nbs/01_backbone.ipynb #b1c0a002
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors from a `.safetensors` file or a `torch.save`d file,
     zip or legacy format (loaded with `weights_only=True`: a pickle that would run code is refused)."""
@@ -178,6 +179,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     if bad: raise ValueError(f"{path}: expected a state dict of tensors; not tensors: {', '.join(map(str, bad[:5]))}")
     return obj
 
+# %% ../nbs/01_backbone.ipynb #b1c0a004
 def map_checkpoint_keys(sd: dict) -> dict[str, torch.Tensor]:
     "Official IBN-Net / torchvision key names onto ours: strip `module.`, drop the ImageNet classifier `fc.*`."
     out = OrderedDict()
@@ -187,6 +189,7 @@ def map_checkpoint_keys(sd: dict) -> dict[str, torch.Tensor]:
         out[k] = v
     return out
 
+# %% ../nbs/01_backbone.ipynb #b1c0a006
 def fill_bn_counters(model: nn.Module, sd: dict) -> list[str]:
     """Add the `num_batches_tracked` counters that checkpoints saved before PyTorch 0.4.1 lack (the public ResNet-50 and
     IBN-Net releases), as PyTorch's BatchNorm loader does: the module's own counter (0 at construction). In place;
@@ -213,6 +216,7 @@ def check_fits(model: nn.Module, sd: dict, what: str):
     bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if sd[k].shape != own[k].shape]
     if bad: raise ValueError(f"{what}: shapes differ (file vs model): {', '.join(bad[:5])}")
 
+# %% ../nbs/01_backbone.ipynb #b1c0a008
 def load_pretrained(model: nn.Module, src, checksum: str | None = None) -> nn.Module:
     """Load weights into `model` from 'imagenet', a path or a URL (`{backbone}` in it is replaced by the trunk's name).
     Every key must match after `map_checkpoint_keys`, except the BatchNorm counters old releases lack
@@ -242,6 +246,7 @@ def load_pretrained(model: nn.Module, src, checksum: str | None = None) -> nn.Mo
                                  filled_counters=len(filled))
     return model
 
+# %% ../nbs/01_backbone.ipynb #b1c0a009
 def save_release_checkpoint(path, ibn: bool = True, seed: int = 0, counters: bool = False, prefix: str = "",
                             legacy: bool = True) -> Path:
     """Write a checkpoint in the key layout of the public ImageNet releases — IBN-Net v1.0's `resnet50_ibn_a`
@@ -265,7 +270,6 @@ def save_release_checkpoint(path, ibn: bool = True, seed: int = 0, counters: boo
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(OrderedDict((prefix + k, v) for k, v in sd.items()), path, _use_new_zipfile_serialization=not legacy)
     return path
-
 
 # %% ../nbs/01_backbone.ipynb #d9326138
 def summary(input_size=(256, 128), last_stride: int = 2) -> str:
