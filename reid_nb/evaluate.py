@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS, upgrade_config, upgrade_state_dict
+from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS
 from .backbone import check_fits
 from .data import open_dataset
 from .provenance import environment
@@ -61,7 +61,7 @@ def check_record(meta: dict, run_dir, where="config.json"):
             with safe_open(str(last), framework="pt") as f:
                 saved = json.loads((f.metadata() or {}).get("reid_nb", "{}"))
         except Exception: saved = {}                                   # an unreadable checkpoint: resume's business
-        smc = upgrade_config(saved.get("model_config") or {})
+        smc = saved.get("model_config") or {}
         for k in ("variant", "num_classes"):
             if k in saved and saved[k] != meta.get(k):
                 diff.append(f"{k} {meta.get(k)!r} but {last.name} has {saved[k]!r}")
@@ -85,14 +85,12 @@ def load_model(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
         raise ValueError(f"{cfg_path}: not a JSON object; is it a config.json written by reid-nb train?")
     missing = [k for k in ("variant", "num_classes", "model_config") if k not in meta]
     if missing: raise ValueError(f"{cfg_path}: lacks {', '.join(missing)}; is it a config.json written by reid-nb train?")
-    meta["model_config"] = upgrade_config(meta["model_config"])       # a run saved before attention was chosen by name
     check_variant(meta, cfg_path)
     check_record(meta, run_dir, cfg_path)
     model = model_from_config(meta["model_config"], meta["num_classes"])   # no backbone download: the weights come next
     try: sd = load_file(str(w_path))
     except Exception as e:
         raise ValueError(f"{w_path}: not a readable safetensors file ({type(e).__name__}: {e}); was its writer killed? Train the run again") from None
-    sd = upgrade_state_dict(sd)
     check_fits(model, sd, f"{w_path}: weights do not fit variant {meta['variant']!r}")
     model.load_state_dict(sd)
     return model.to(device).eval(), meta

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from .core import atomic_write
-from .models import upgrade_config
 from .loader import data_path_from_gpu_data
 from .step import NonFiniteLoss
 
@@ -93,7 +92,7 @@ def check_compatible(meta: dict, variant: str, num_classes: int, model_config: d
         raise ValueError(f"{path}: checkpoint is for variant {meta.get('variant')!r}, not {variant!r}")
     if meta.get("num_classes") != num_classes:
         raise ValueError(f"{path}: checkpoint has {meta.get('num_classes')} classes, the dataset has {num_classes}")
-    saved = upgrade_config(meta.get("model_config", {}))          # a run saved before attention was chosen by name
+    saved = meta.get("model_config", {})
     diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
     if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
 
