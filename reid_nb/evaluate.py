@@ -6,6 +6,7 @@
 from __future__ import annotations
 import dataclasses, hashlib, json, math, time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ from .core import resolve_device, amp_dtype, atomic_write, dist_info, configure_
 from .core import read_text_regular
 
 # %% auto #0
-__all__ = ['check_variant', 'check_record', 'load_model', 'extract_features', 'EvalConfig', 'info_path', 'write_metrics',
-           'topk_ranking', 'evaluate_run']
+__all__ = ['METRICS', 'check_variant', 'check_record', 'load_model', 'extract_features', 'EvalConfig', 'Metric', 'info_path',
+           'write_metrics', 'topk_ranking', 'evaluate_run']
 
 # %% ../nbs/31_evaluate.ipynb #5d9b03a3
 def check_variant(meta: dict, where="config.json"):
@@ -160,21 +161,58 @@ class EvalConfig:
         return from_mapping(cls, d, "evaluation parameter")
 
 # %% ../nbs/31_evaluate.ipynb #16a6b122
-def _metrics(r: dict) -> dict:
-    "The numbers of a ranking that go into the metrics file: mAP, mINP and the CMC at ranks 1, 5, 10, 20."
-    cmc = np.asarray(r["cmc"], dtype=float)
-    return dict(mAP=float(r["mAP"]), mINP=float(r["mINP"]), rank1=float(cmc[0]), rank5=float(cmc[4]), rank10=float(cmc[9]),
-                rank20=float(cmc[19]))
+@dataclass(frozen=True)
+class Metric:
+    "One number of the metrics file, by name: where it comes from, and how the report shows it."
+    key: str                      # its key in the metrics JSON (`metrics/RUN.json`; again under `rerank` for a ranking's)
+    of: Callable                  # how it is computed: of a ranking (`evaluate_blocks`' result), or of (model, input size)
+    column: str                   # the report's name for it: `load_metrics`' column, the tables' CSV column
+    header: str                   # the column's header in the Markdown tables
+    fmt: str = ".1f"              # its format there
+    scale: float = 100.0          # the report shows `scale` × the file's value (100: a fraction shown in %)
+    table2: float | None = None   # its place among Table 2's measured columns (sorted by it); None: not in Table 2
+    reranked: bool = False        # Table 2 also shows its value after re-ranking (`rr_<column>`)
+    model: bool = False           # of the trained model, not of a ranking (written once, not under `rerank`)
+    dvc: bool = True              # in the metrics JSON, which `dvc metrics show/diff` compare (else in the run information)
 
+# %% ../nbs/31_evaluate.ipynb #794bea8c
+def _rank(k: int) -> Callable:
+    "The CMC at rank `k`: the fraction of queries with a right match among their first `k` gallery items."
+    return lambda r: np.asarray(r["cmc"], dtype=float)[k - 1]
+
+METRICS = (   # in the metrics JSON's order; a new metric (and Table 2 column) is one entry here
+    Metric("mAP", lambda r: r["mAP"], "mAP", "mAP (%)", table2=1, reranked=True),
+    Metric("mINP", lambda r: r["mINP"], "mINP", "mINP (%)", table2=4),
+    Metric("rank1", _rank(1), "R1", "R1 (%)", table2=2, reranked=True),
+    Metric("rank5", _rank(5), "R5", "R5 (%)", table2=3),
+    Metric("rank10", _rank(10), "R10", "R10 (%)"),
+    Metric("rank20", _rank(20), "R20", "R20 (%)"),
+    Metric("params_M", lambda m, size: count_params(m) / 1e6, "params_M", "params (M)", ".2f", 1, table2=5, model=True),
+    Metric("gflops", lambda m, size: count_flops(m, size) / 1e9, "GFLOPs", "GFLOPs", ".3g", 1, table2=6, model=True),
+)
+
+# %% ../nbs/31_evaluate.ipynb #7dbaf77a
+def _metrics(r: dict, dvc: bool = True) -> dict:
+    "The numbers of a ranking that go into the metrics file (`dvc`), or into the run information: `METRICS`' ranking metrics."
+    return {m.key: float(m.of(r)) for m in METRICS if not m.model and m.dvc == dvc}
+
+# %% ../nbs/31_evaluate.ipynb #26d22988
+def _model_metrics(model, input_size) -> dict:
+    "The numbers of the trained model that go into the metrics file: `METRICS`' model metrics (size and cost)."
+    return {m.key: m.of(model, input_size) for m in METRICS if m.model and m.dvc}
+
+# %% ../nbs/31_evaluate.ipynb #76b4489f
 def _curve(r: dict) -> dict:
     "What the report draws of a ranking (the whole CMC curve), and how many queries had a match."
     return dict(num_valid=int(r["num_valid"]), cmc=[float(c) for c in np.asarray(r["cmc"], dtype=float)])
 
+# %% ../nbs/31_evaluate.ipynb #8b3b6607
 def info_path(metrics_out) -> Path:
     "The run information beside a metrics file: `metrics/runs/NAME.json` for `metrics/NAME.json`."
     p = Path(metrics_out)
     return p.parent / "runs" / p.name
 
+# %% ../nbs/31_evaluate.ipynb #28d5a858
 def write_metrics(metrics_out, metrics: dict, info: dict):
     """Write the metrics and their run information as one pair: both are serialised before either file is touched,
     and the run information records the SHA-256 of the metrics file's text (`metrics_sha256`), so that a pair cut
@@ -184,12 +222,14 @@ def write_metrics(metrics_out, metrics: dict, info: dict):
     atomic_write(info_path(metrics_out), lambda tmp: Path(tmp).write_text(info_text))
     atomic_write(metrics_out, lambda tmp: Path(tmp).write_text(text))
 
+# %% ../nbs/31_evaluate.ipynb #6158aad6
 def _per_query(r: dict, num_query: int) -> list:
     "Average precision of every query (None for a query without a correct match): what a paired bootstrap over queries resamples."
     ap = [None] * num_query
     for i, a in zip(r["valid"].tolist(), r["AP"].tolist()): ap[i] = a
     return ap
 
+# %% ../nbs/31_evaluate.ipynb #311884a3
 def topk_ranking(distmat: torch.Tensor, q_pids, g_pids, q_camids, g_camids, k: int = 10):
     "Top-`k` gallery indices per query after removing same-pid-same-camera items (the protocol's junk), with distances."
     d = torch.as_tensor(distmat).clone().float()
@@ -199,6 +239,22 @@ def topk_ranking(distmat: torch.Tensor, q_pids, g_pids, q_camids, g_camids, k: i
     vals, idx = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
     return idx, vals
 
+# %% ../nbs/31_evaluate.ipynb #90cf5180
+def _ranking(meta: dict, dataset: str, data_root, metric: str, ds, top: list, plain: dict, reranked) -> dict:
+    "What `ranking.json` holds: every query and gallery image, each query's top-k with distances, per-query AP."
+    idx, vals = (torch.cat(t) for t in zip(*top))
+    root = Path(data_root)
+    def rel(p):
+        try: return str(Path(p).relative_to(root))
+        except ValueError: return str(p)
+    ap_rerank = None if reranked is None else _per_query(reranked, len(ds.query))
+    return dict(variant=meta["variant"], dataset=dataset, data_root=str(root), metric=metric,
+                query=[dict(path=rel(r.path), pid=int(r.pid), camid=int(r.camid)) for r in ds.query],
+                gallery=[dict(path=rel(r.path), pid=int(r.pid), camid=int(r.camid)) for r in ds.gallery],
+                topk=idx.tolist(), topk_dist=[[round(float(v), 5) for v in row] for row in vals],
+                ap=_per_query(plain, len(ds.query)), ap_rerank=ap_rerank)
+
+# %% ../nbs/31_evaluate.ipynb #2deb8641
 def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", metrics_out=None, ranking_out=None,
                  progress: bool = True, manifest=None, **settings) -> dict:
     """Evaluate a trained run on its dataset's query/gallery split (or on `dataset`); writes metrics (and ranking) JSON; returns the
@@ -237,16 +293,18 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
             yield a, d
     plain = evaluate_blocks(bar(ranked(distance_blocks(qf, gf, metric, blk)), math.ceil(len(qf) / blk), "ranking"),
                             q_pids, g_pids, q_cams, g_cams, max_rank=50)
-    metrics = dict(_metrics(plain), params_M=count_params(model) / 1e6, gflops=count_flops(model, input_size) / 1e9)
+    metrics = dict(_metrics(plain), **_model_metrics(model, input_size))
     info = dict(variant=meta["variant"], dataset=dataset, seed=meta.get("train_config", {}).get("seed"), run=str(run_dir),
                 metric=metric, flip=flip, num_query=len(ds.query), num_gallery=len(ds.gallery), input_size=list(input_size),
-                width=meta["model_config"].get("width", 1.0), train_epochs=meta.get("train_config", {}).get("epochs"), **_curve(plain))
+                width=meta["model_config"].get("width", 1.0), train_epochs=meta.get("train_config", {}).get("epochs"),
+                **_curve(plain), **_metrics(plain, dvc=False))
     t1 = time.time()
     reranked = None
     if rerank:
         reranked = evaluate_blocks(rerank_blocks(qf, gf, metric=metric, progress=progress and rank == 0),
                                    q_pids, g_pids, q_cams, g_cams, max_rank=50)
-        metrics["rerank"], info["rerank"] = _metrics(reranked), _curve(reranked)
+        metrics["rerank"] = _metrics(reranked)
+        info["rerank"] = dict(_curve(reranked), **_metrics(reranked, dvc=False))
     info["environment"] = environment(dev, dataset, fp)     # what computed these numbers
     info["train_environment"] = (meta.get("summary") or {}).get("environment")              # what trained the model
     seconds = dict(features=t_feat, rerank=time.time() - t1)
@@ -257,16 +315,7 @@ def evaluate_run(run_dir, dataset: str | None = None, data_root: str = "data", m
         atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(dict(
             metrics=str(metrics_out), seconds=seconds), indent=2)))
     if rank == 0 and ranking_out:
-        idx, vals = (torch.cat(t) for t in zip(*top))
-        root = Path(data_root)
-        def rel(p):
-            try: return str(Path(p).relative_to(root))
-            except ValueError: return str(p)
-        ranking = dict(variant=meta["variant"], dataset=dataset, data_root=str(root), metric=metric,
-                       query=[dict(path=rel(r.path), pid=int(r.pid), camid=int(r.camid)) for r in ds.query],
-                       gallery=[dict(path=rel(r.path), pid=int(r.pid), camid=int(r.camid)) for r in ds.gallery],
-                       topk=idx.tolist(), topk_dist=[[round(float(v), 5) for v in row] for row in vals],
-                       ap=_per_query(plain, len(ds.query)), ap_rerank=None if reranked is None else _per_query(reranked, len(ds.query)))
+        ranking = _ranking(meta, dataset, data_root, metric, ds, top, plain, reranked)
         atomic_write(ranking_out, lambda tmp: Path(tmp).write_text(json.dumps(ranking)))
     both = dict(info, **metrics, seconds=seconds)
     if rerank: both["rerank"] = dict(info["rerank"], **metrics["rerank"])
