@@ -15,16 +15,19 @@ __all__ = ['VARIANT_COLORS', 'LOG_COLUMNS', 'RUN_COLUMNS', 'RIGHT', 'WRONG', 'st
            'plot_attention']
 
 # %% ../nbs/33d_plots.ipynb #03a46f15
-VARIANT_COLORS = dict(zip(VARIANT_LABELS, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")))  # seaborn "deep"
+VARIANT_COLORS = dict(zip(VARIANT_LABELS, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860",
+                                           "#da8bc3")))  # seaborn "deep"
 
 # %% ../nbs/33d_plots.ipynb #af47fd96
 def styled(df: pd.DataFrame) -> pd.DataFrame:
     "`df` with the columns every figure draws by: `model` (the variant's label) and `data` (the dataset's label)."
-    return df.assign(model=df.variant.map(lambda v: VARIANT_LABELS.get(v, v)), data=df.dataset.map(lambda d: DATASET_LABELS.get(d, d)))
+    return df.assign(model=df.variant.map(lambda v: VARIANT_LABELS.get(v, v)),
+                     data=df.dataset.map(lambda d: DATASET_LABELS.get(d, d)))
 
 # %% ../nbs/33d_plots.ipynb #078ecf2a
 def hue_kw(df: pd.DataFrame) -> dict:
-    "Seaborn arguments giving each variant its one colour and label in every figure (line style by dataset when there are several)."
+    """Seaborn arguments giving each variant its one colour and label in every figure (line style by dataset when there
+    are several)."""
     present = [v for v in list(VARIANT_LABELS) + sorted(set(df.variant) - set(VARIANT_LABELS)) if v in set(df.variant)]
     extra = iter(("#8c8c8c", "#ccb974", "#64b5cd"))
     colours = {VARIANT_LABELS.get(v, v): VARIANT_COLORS.get(v) or next(extra, "#333333") for v in present}
@@ -33,30 +36,37 @@ def hue_kw(df: pd.DataFrame) -> dict:
 
 # %% ../nbs/33d_plots.ipynb #b78f7146
 def plot_cmc(df: pd.DataFrame, max_rank: int = 20, ax=None):
-    "CMC curves (rank 1..max_rank) of every measured model: the mean over its seeds, with a band of ± one standard deviation."
+    """CMC curves (rank 1..max_rank) of every measured model: the mean over its seeds, with a band of ± one standard
+    deviation."""
     import seaborn as sns, matplotlib.pyplot as plt
     long = styled(pd.DataFrame([dict(variant=r.variant, dataset=r.dataset, rank=k + 1, accuracy=100 * c)
                                 for r in df.itertuples() for k, c in enumerate((r.cmc or [])[:max_rank])]))
     if ax is None: _, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=long, x="rank", y="accuracy", marker="o", markersize=3, errorbar="sd", ax=ax, **hue_kw(long))   # sd: no random CI
-    ax.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curves (mean ± sd over seeds)", xticks=range(1, max_rank + 1, 2))
+    # sd: no random CI
+    sns.lineplot(data=long, x="rank", y="accuracy", marker="o", markersize=3, errorbar="sd", ax=ax, **hue_kw(long))
+    ax.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curves (mean ± sd over seeds)", xticks=range(1,
+                                                                                                              max_rank
+                                                                                                              + 1, 2))
     ax.legend(fontsize=7, loc="lower right")
     return ax
 
 # %% ../nbs/33d_plots.ipynb #a4b02a42
 def load_logs(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
-    "The per-epoch training logs (`RUNS/<run>/log.csv`) of the runs of metrics frame `df`, in one frame with their variant, dataset and seed."
+    """The per-epoch training logs (`RUNS/<run>/log.csv`) of the runs of metrics frame `df`, in one frame with their
+    variant, dataset and seed."""
     frames = [pd.read_csv(Path(runs_dir) / r.run / "log.csv").assign(variant=r.variant, dataset=r.dataset, seed=r.seed)
               for r in df.itertuples() if (Path(runs_dir) / r.run / "log.csv").is_file()]
     if not frames: raise FileNotFoundError(f"{runs_dir}: no log.csv of any of the runs {list(df.run)}")
     return pd.concat(frames, ignore_index=True)
 
 # %% ../nbs/33d_plots.ipynb #af046949
-LOG_COLUMNS = ("epoch", "lr", "loss", "acc", "images", "seconds", "images_per_s")   # log.csv's columns that are not loss terms
+# log.csv's columns that are not loss terms
+LOG_COLUMNS = ("epoch", "lr", "loss", "acc", "images", "seconds", "images_per_s")
 RUN_COLUMNS = ("variant", "dataset", "seed")                                            # what `load_logs` adds
 
 def loss_terms(logs: pd.DataFrame) -> list[str]:
-    "The loss terms of training logs: each column of `log.csv` that is not a fixed one is a term (ce, triplet, circle, …)."
+    """The loss terms of training logs: each column of `log.csv` that is not a fixed one is a term (ce, triplet, circle,
+    …)."""
     return [c for c in logs.columns if c not in LOG_COLUMNS + RUN_COLUMNS]
 
 def plot_training(logs: pd.DataFrame):
@@ -81,12 +91,14 @@ def plot_training(logs: pd.DataFrame):
 
 # %% ../nbs/33d_plots.ipynb #77b8b94a
 def plot_data(logs: pd.DataFrame, column: str, variants=None) -> dict[str, pd.DataFrame]:
-    """Per dataset, `column` of the training logs per epoch (from 1), the mean over seeds, one column per variant (all of `variants`,
-    empty where one has no log): what `dvc.yaml`'s top-level plots overlay (`reports/plots/<column>/<dataset>.csv`)."""
+    """Per dataset, `column` of the training logs per epoch (from 1), the mean over seeds, one column per variant (all
+    of `variants`, empty where one has no log): what `dvc.yaml`'s top-level plots overlay
+    (`reports/plots/<column>/<dataset>.csv`)."""
     out = {}
     for ds, g in logs.groupby("dataset", sort=False):
         t = g.groupby(["epoch", "variant"])[column].mean().unstack("variant")
-        order = list(variants) if variants is not None else [v for v in list(VARIANT_LABELS) + sorted(set(t) - set(VARIANT_LABELS)) if v in t]
+        order = list(variants) if variants is not None else [v for v in list(VARIANT_LABELS)
+                                                             + sorted(set(t) - set(VARIANT_LABELS)) if v in t]
         t = t.reindex(columns=order)
         t.index = t.index + 1
         out[ds] = t.rename_axis(None, axis=1).reset_index()

@@ -7,14 +7,21 @@ __all__ = ['PUBLISHED', 'FSAFC_ABLATION']
 
 # %% ../nbs/33a_published.ipynb #272d9206
 PUBLISHED = [
-    dict(method="SCPNet", source="Fan et al., ACCV 2018 (FSAFC-Net ref. 11)", market_mAP=75.2, market_R1=91.2, duke_mAP=62.6, duke_R1=80.3),
-    dict(method="DCNN", source="Li, Jiang, Hwang, KBS 2020 (FSAFC-Net ref. 12)", market_mAP=82.7, market_R1=90.2, duke_mAP=78.0, duke_R1=81.0),
-    dict(method="CGEA", source="Wang et al., CVPR 2020 (FSAFC-Net ref. 13)", market_mAP=84.9, market_R1=94.2, duke_mAP=75.6, duke_R1=86.9),
-    dict(method="AlignedReID++", source="Luo et al., Pattern Recognition 2019 (FSAFC-Net ref. 14)", market_mAP=79.1, market_R1=91.8, duke_mAP=69.7, duke_R1=82.1),
-    dict(method="FSAFC-Net", source="An, Lim, He, Kang, Table 1", market_mAP=82.4, market_R1=94.8, duke_mAP=65.9, duke_R1=84.5),
-    dict(method="RGA-SC", source="Zhang et al., CVPR 2020 (RGA paper)", market_mAP=88.4, market_R1=96.1, duke_mAP=None, duke_R1=None),
+    dict(method="SCPNet", source="Fan et al., ACCV 2018 (FSAFC-Net ref. 11)", market_mAP=75.2, market_R1=91.2,
+         duke_mAP=62.6, duke_R1=80.3),
+    dict(method="DCNN", source="Li, Jiang, Hwang, KBS 2020 (FSAFC-Net ref. 12)", market_mAP=82.7, market_R1=90.2,
+         duke_mAP=78.0, duke_R1=81.0),
+    dict(method="CGEA", source="Wang et al., CVPR 2020 (FSAFC-Net ref. 13)", market_mAP=84.9, market_R1=94.2,
+         duke_mAP=75.6, duke_R1=86.9),
+    dict(method="AlignedReID++", source="Luo et al., Pattern Recognition 2019 (FSAFC-Net ref. 14)", market_mAP=79.1,
+         market_R1=91.8, duke_mAP=69.7, duke_R1=82.1),
+    dict(method="FSAFC-Net", source="An, Lim, He, Kang, Table 1", market_mAP=82.4, market_R1=94.8, duke_mAP=65.9,
+         duke_R1=84.5),
+    dict(method="RGA-SC", source="Zhang et al., CVPR 2020 (RGA paper)", market_mAP=88.4, market_R1=96.1, duke_mAP=None,
+         duke_R1=None),
 ]
 
 # %% ../nbs/33a_published.ipynb #2f180061
-FSAFC_ABLATION = {  # variant -> (Market-1501 mAP, rank-1) published by FSAFC-Net (Table 2; `full` from Table 1); rga_sc from the RGA paper
+# variant -> (Market-1501 mAP, rank-1) published by FSAFC-Net (Table 2; `full` from Table 1); rga_sc from the RGA paper
+FSAFC_ABLATION = {
     "baseline": (71.7, 82.4), "sam": (76.3, 89.6), "sam_ff": (81.5, 92.7), "full": (82.4, 94.8), "rga_sc": (88.4, 96.1)}

@@ -34,7 +34,8 @@ def report_html(nb) -> str:
     nb.cells = [c for c in nb.cells if c.cell_type != "raw" and HIDE not in c.get("metadata", {}).get("tags", [])]
     for c in nb.cells:
         if c.cell_type == "code": c.outputs = [o for o in c.get("outputs", []) if o.get("output_type") != "stream"]
-    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                           exclude_output_prompt=True).from_notebook_node(nb)
     return body
 
 # %% ../nbs/33_report.ipynb #742be38c
