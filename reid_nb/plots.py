@@ -69,6 +69,7 @@ def loss_terms(logs: pd.DataFrame) -> list[str]:
     …)."""
     return [c for c in logs.columns if c not in LOG_COLUMNS + RUN_COLUMNS]
 
+# %% ../nbs/33d_plots.ipynb #866926ff
 def plot_training(logs: pd.DataFrame):
     """Per epoch, the mean ± sd over seeds of every model: the total loss, each loss term the runs have
     (`loss_terms`), and the training accuracy; a legend on each panel."""

@@ -17,10 +17,11 @@ from .published import FSAFC_ABLATION, PUBLISHED
 from .stats import difference
 
 # %% auto #0
-__all__ = ['VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'ABLATION_STEPS', 'HEADERS', 'VariantLabels', 'DatasetLabels',
-           'load_metrics', 'report_inputs', 'check_report_inputs', 'load_query_ap', 'table1', 'split_constant',
-           'caption', 'to_markdown', 'save_table', 'table2', 'ablation_pairs', 'ablation_steps', 'ablation_statement',
-           'readable', 'table1_markdown', 'published_ablation', 'cross_domain', 'environments']
+__all__ = ['VARIANT_LABELS', 'DATASET_LABELS', 'COLUMN_FORMATS', 'HEADERS', 'ABLATION_STEPS', 'VariantLabels', 'DatasetLabels',
+           'load_metrics', 'load_query_ap', 'report_inputs', 'check_report_inputs', 'table1', 'table2',
+           'split_constant', 'caption', 'to_markdown', 'save_table', 'readable', 'table1_markdown',
+           'published_ablation', 'ablation_pairs', 'ablation_steps', 'ablation_statement', 'cross_domain',
+           'environments']
 
 # %% ../nbs/33c_tables.ipynb #a5444eaa
 class VariantLabels(Mapping):
@@ -50,6 +51,7 @@ def _value(m: dict, metric) -> float:
     v = (m or {}).get(metric.key)
     return np.nan if v is None else metric.scale * v
 
+# %% ../nbs/33c_tables.ipynb #7b61f342
 def _read_run(f: Path) -> dict:
     "The metrics of `f` joined with their run information (`runs/NAME.json` beside them, see `31_evaluate`)."
     m, info = json.loads(f.read_text()), f.parent / "runs" / f.name
@@ -64,6 +66,7 @@ def _read_run(f: Path) -> dict:
                                 "copy metrics/runs/ along with metrics/, or rerun the evaluate stage)")
     return m
 
+# %% ../nbs/33c_tables.ipynb #452976f7
 def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
     """One row per metrics JSON in `metrics_dir` (with its run information from `metrics_dir/runs/`): variant, dataset,
     seed, profile, a column per metric of `METRICS` (and `rr_<column>` re-ranked; in %, params in millions), the
@@ -85,6 +88,19 @@ def load_metrics(metrics_dir, profile: str = "") -> pd.DataFrame:
     if not rows: raise FileNotFoundError(f"{metrics_dir}: no metrics JSON files (run the evaluate stage first)")
     return pd.DataFrame(rows)
 
+# %% ../nbs/33c_tables.ipynb #13f43694
+def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
+    """`df` with columns `ap` (each run's per-query average precision in %, NaN for a query without a match) and
+    `query_pid` (each query's identity), from `RUNS/<run>/ranking.json`; None for a run without them."""
+    def read(run):
+        f = Path(runs_dir) / run / "ranking.json"
+        r = json.loads(f.read_text()) if f.is_file() else {}
+        if r.get("ap") is None: return None, None
+        return (100 * np.array([np.nan if a is None else a for a in r["ap"]], dtype=float),
+                np.array([q["pid"] for q in r["query"]]) if "query" in r else None)
+    got = [read(r) for r in df.run]
+    return df.assign(ap=[a for a, _ in got], query_pid=[p for _, p in got])
+
 # %% ../nbs/33c_tables.ipynb #cf14be97
 def report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()) -> list[Path]:
     "The metrics files the report reads for these runs: each run's metrics and run information, and cross-domain ones."
@@ -105,19 +121,6 @@ def check_report_inputs(metrics_dir, variants, datasets, seeds, eval_datasets=()
         raise FileNotFoundError(f"{missing[0]}: no such metrics file ({len(missing)} of the {len(want)} the report "
                                 "needs for the variants, datasets and seeds of the params file are missing; the "
                                 "pipeline's evaluate stages write them: dvc repro)")
-
-# %% ../nbs/33c_tables.ipynb #13f43694
-def load_query_ap(df: pd.DataFrame, runs_dir) -> pd.DataFrame:
-    """`df` with columns `ap` (each run's per-query average precision in %, NaN for a query without a match) and
-    `query_pid` (each query's identity), from `RUNS/<run>/ranking.json`; None for a run without them."""
-    def read(run):
-        f = Path(runs_dir) / run / "ranking.json"
-        r = json.loads(f.read_text()) if f.is_file() else {}
-        if r.get("ap") is None: return None, None
-        return (100 * np.array([np.nan if a is None else a for a in r["ap"]], dtype=float),
-                np.array([q["pid"] for q in r["query"]]) if "query" in r else None)
-    got = [read(r) for r in df.run]
-    return df.assign(ap=[a for a, _ in got], query_pid=[p for _, p in got])
 
 # %% ../nbs/33c_tables.ipynb #87f483c7
 def _setting(r) -> str:
@@ -152,6 +155,44 @@ def table1(df: pd.DataFrame, ours=("full", "rga_sc")) -> pd.DataFrame:
     order = {d: i for i, d in enumerate(DATASET_LABELS.values())}
     t["_o"] = t.dataset.map(order).fillna(len(order))
     return t.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+
+# %% ../nbs/33c_tables.ipynb #828b1140
+def _measured(g: pd.DataFrame) -> dict:
+    """Table 2's measured columns of one (dataset, variant) group, in `METRICS`' `table2` order: the ranking metrics
+    as means over seeds (mAP with its sd), then their re-ranked means; the model's size and cost after the setting."""
+    shown = sorted((m for m in METRICS if m.table2 is not None), key=lambda m: m.table2)
+    out = {}
+    for m in (m for m in shown if not m.model):
+        out[m.column] = g[m.column].mean()
+        if m.column == "mAP": out["mAP_sd"] = g.mAP.std(ddof=1) if len(g) > 1 else math.nan
+    return out | {f"rr_{m.column}": g[f"rr_{m.column}"].mean() for m in shown if m.reranked and not m.model}
+
+# %% ../nbs/33c_tables.ipynb #e60f0e67
+def _cost(r) -> dict:
+    "Table 2's columns of the trained model (`METRICS` with `model`): one run's values, the same for every seed."
+    return {m.column: r[m.column] for m in sorted(METRICS, key=lambda m: m.table2 or 0) if m.model
+            and m.table2 is not None}
+
+# %% ../nbs/33c_tables.ipynb #c1279541
+def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS), reference: str = "baseline",
+           level: float = 0.95) -> pd.DataFrame:
+    """The ablation, one row per (dataset, variant): `n` seeds, the measured columns of `METRICS` (`_measured`), the
+    mAP difference from `reference` with its `level` interval (`difference`), the training setting, params and
+    GFLOPs, and in Market-1501's rows the published number (`published_ablation` lists them apart)."""
+    out = []
+    none = dict(delta=None, lo=None, hi=None, interval="—", distinguishable="—")
+    for (ds, v), g in df.groupby(["dataset", "variant"], sort=False):
+        r, pub = g.iloc[0], FSAFC_ABLATION.get(v) if ds == "market1501" else None   # published: Market-1501 only
+        has_ref = v != reference and (df[df.dataset == ds].variant == reference).any()
+        d = difference(df, v, reference, ds, level) if has_ref else none
+        out.append(dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset=DATASET_LABELS.get(ds, ds),
+                        profile=r.profile,
+                        n=len(g), **_measured(g), delta_mAP=d["delta"], delta_lo=d["lo"], delta_hi=d["hi"],
+                        interval=d["interval"], trained=_setting(r), **_cost(r),
+                        published_mAP=pub[0] if pub else None, published_R1=pub[1] if pub else None))
+    t = pd.DataFrame(out)
+    t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
+    return t.sort_values(["dataset", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 # %% ../nbs/33c_tables.ipynb #8b3433e9
 def split_constant(df: pd.DataFrame, keep=("variant", "model", "step")) -> tuple[pd.DataFrame, dict]:
@@ -200,41 +241,59 @@ def save_table(df: pd.DataFrame, out_dir, name: str, caption: str = "", shown: p
                                        + (body if body is not None else to_markdown(df if shown is None else shown)))
     return out_dir / f"{name}.csv", out_dir / f"{name}.md"
 
-# %% ../nbs/33c_tables.ipynb #828b1140
-def _measured(g: pd.DataFrame) -> dict:
-    """Table 2's measured columns of one (dataset, variant) group, in `METRICS`' `table2` order: the ranking metrics
-    as means over seeds (mAP with its sd), then their re-ranked means; the model's size and cost after the setting."""
-    shown = sorted((m for m in METRICS if m.table2 is not None), key=lambda m: m.table2)
-    out = {}
-    for m in (m for m in shown if not m.model):
-        out[m.column] = g[m.column].mean()
-        if m.column == "mAP": out["mAP_sd"] = g.mAP.std(ddof=1) if len(g) > 1 else math.nan
-    return out | {f"rr_{m.column}": g[f"rr_{m.column}"].mean() for m in shown if m.reranked and not m.model}
+# %% ../nbs/33c_tables.ipynb #da021321
+HEADERS = ({m.column: m.header for m in METRICS}                           # the metrics' headers (`31_evaluate`)
+           | {f"rr_{m.column}": f"re-ranked {m.header}" for m in METRICS if not m.model}
+           | dict(n="seeds", mAP_sd="sd of mAP", published_mAP="published mAP (%)", published_R1="published R1 (%)",
+                  trained_on="trained on", tested_on="tested on", in_domain="in domain"))
 
-def _cost(r) -> dict:
-    "Table 2's columns of the trained model (`METRICS` with `model`): one run's values, the same for every seed."
-    return {m.column: r[m.column] for m in sorted(METRICS, key=lambda m: m.table2 or 0) if m.model
-            and m.table2 is not None}
+# %% ../nbs/33c_tables.ipynb #63e65c5b
+def _delta(d, lo, hi) -> str:
+    "A difference in mAP points with its interval, '+9.0 [+1.4, +16.7]'; '—' without a difference."
+    if d is None or (isinstance(d, float) and math.isnan(d)): return "—"
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi): return f"{d:+.1f} (no interval)"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
-def table2(df: pd.DataFrame, order=tuple(VARIANT_LABELS), reference: str = "baseline",
-           level: float = 0.95) -> pd.DataFrame:
-    """The ablation, one row per (dataset, variant): `n` seeds, the measured columns of `METRICS` (`_measured`), the
-    mAP difference from `reference` with its `level` interval (`difference`), the training setting, params and
-    GFLOPs, and in Market-1501's rows the published number (`published_ablation` lists them apart)."""
-    out = []
-    none = dict(delta=None, lo=None, hi=None, interval="—", distinguishable="—")
-    for (ds, v), g in df.groupby(["dataset", "variant"], sort=False):
-        r, pub = g.iloc[0], FSAFC_ABLATION.get(v) if ds == "market1501" else None   # published: Market-1501 only
-        has_ref = v != reference and (df[df.dataset == ds].variant == reference).any()
-        d = difference(df, v, reference, ds, level) if has_ref else none
-        out.append(dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset=DATASET_LABELS.get(ds, ds),
-                        profile=r.profile,
-                        n=len(g), **_measured(g), delta_mAP=d["delta"], delta_lo=d["lo"], delta_hi=d["hi"],
-                        interval=d["interval"], trained=_setting(r), **_cost(r),
-                        published_mAP=pub[0] if pub else None, published_R1=pub[1] if pub else None))
-    t = pd.DataFrame(out)
-    t["_o"] = t.variant.map({v: i for i, v in enumerate(order)}).fillna(len(order))
-    return t.sort_values(["dataset", "_o"]).drop(columns="_o").reset_index(drop=True)
+# %% ../nbs/33c_tables.ipynb #0a862b38
+def readable(df: pd.DataFrame, delta: str = "Δ mAP vs baseline [95% CI]") -> pd.DataFrame:
+    """`df` (a table's shown columns) with the headers a reader of the papers expects (`HEADERS`): the mAP difference
+    and its interval (`delta_mAP`, `delta_lo`, `delta_hi`) become one column named `delta`. The CSVs keep the
+    machine-friendly names."""
+    out = df.copy()
+    if "delta_mAP" in out:
+        lo, hi = (out[c] if c in out else pd.Series(math.nan, index=out.index) for c in ("delta_lo", "delta_hi"))
+        at = list(out.columns).index("delta_mAP")
+        vals = [_delta(*(None if v is None else float(v) for v in t)) for t in zip(out.delta_mAP, lo, hi)]
+        out = out.drop(columns=[c for c in ("delta_mAP", "delta_lo", "delta_hi") if c in out])
+        out.insert(at, delta, vals)
+    return out.rename(columns=HEADERS)
+
+# %% ../nbs/33c_tables.ipynb #84678a60
+def table1_markdown(t: pd.DataFrame) -> str:
+    """Table 1 as a reader sees it: per dataset, the published rows and ours as two labelled blocks, each its own table,
+    so a number measured here never sits in a list of published ones."""
+    parts = []
+    for ds, g in t.groupby("dataset", sort=False):
+        pub, ours = g[g.measured == "published"], g[g.measured != "published"]
+        if len(pub):
+            parts.append(f"**{ds}: published** (as printed in the papers)\n\n"
+                         + to_markdown(pub[["method", "mAP", "R1", "source"]].rename(columns=HEADERS)))
+        if len(ours):
+            note = "" if len(pub) else " (no paper reports this dataset: compare these rows with each other only)"
+            shown = ours.assign(method=ours.method.str.removeprefix("ours: "))
+            shown = shown[["method", "mAP", "R1", "measured", "source"]]
+            shown = shown.rename(columns=dict(HEADERS, measured="trained"))
+            parts.append(f"**{ds}: this repository**{note}\n\n" + to_markdown(shown))
+    return "\n".join(parts)
+
+# %% ../nbs/33c_tables.ipynb #fbb307a8
+def published_ablation(variants=None) -> pd.DataFrame:
+    "The ablation's Market-1501 numbers as published (FSAFC-Net's Tables 2 and 1, the RGA paper), one row a variant."
+    src = dict(full="An, Lim, He, Kang, Table 1", rga_sc="Zhang et al., CVPR 2020 (RGA paper)")
+    rows = [dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset="Market-1501", mAP=m, R1=r,
+                 source=src.get(v, "An, Lim, He, Kang, Table 2")) for v, (m, r) in FSAFC_ABLATION.items()
+            if variants is None or v in variants]
+    return pd.DataFrame(rows, columns=["variant", "model", "dataset", "mAP", "R1", "source"])
 
 # %% ../nbs/33c_tables.ipynb #b429e761
 def _adds(name: str, variants, start: dict) -> bool:
@@ -242,6 +301,7 @@ def _adds(name: str, variants, start: dict) -> bool:
     v, b = variants[name], variants[variants[name].base]
     return all(b.get(k) == start.get(k) for k, x in v.items() if b.get(k) != x)
 
+# %% ../nbs/33c_tables.ipynb #ff3a9cfa
 def ablation_pairs(variants=None, reference: str = "baseline") -> tuple:
     """The ablation's steps, from the variants table (default `VARIANTS`, declared variants included): a variant that
     adds to its `base` against that base; one that replaces a setting of its base (RGA-C for RGA-S's gate) against
@@ -299,60 +359,6 @@ def ablation_statement(steps: pd.DataFrame, level: float = 0.95) -> str:
     if len(unjudged): out += " Without an interval: " + "; ".join(f"{r.step} ({r.interval})"
                                                                   for r in unjudged.itertuples()) + "."
     return out
-
-# %% ../nbs/33c_tables.ipynb #da021321
-HEADERS = ({m.column: m.header for m in METRICS}                           # the metrics' headers (`31_evaluate`)
-           | {f"rr_{m.column}": f"re-ranked {m.header}" for m in METRICS if not m.model}
-           | dict(n="seeds", mAP_sd="sd of mAP", published_mAP="published mAP (%)", published_R1="published R1 (%)",
-                  trained_on="trained on", tested_on="tested on", in_domain="in domain"))
-
-# %% ../nbs/33c_tables.ipynb #63e65c5b
-def _delta(d, lo, hi) -> str:
-    "A difference in mAP points with its interval, '+9.0 [+1.4, +16.7]'; '—' without a difference."
-    if d is None or (isinstance(d, float) and math.isnan(d)): return "—"
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi): return f"{d:+.1f} (no interval)"
-    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-
-# %% ../nbs/33c_tables.ipynb #0a862b38
-def readable(df: pd.DataFrame, delta: str = "Δ mAP vs baseline [95% CI]") -> pd.DataFrame:
-    """`df` (a table's shown columns) with the headers a reader of the papers expects (`HEADERS`): the mAP difference
-    and its interval (`delta_mAP`, `delta_lo`, `delta_hi`) become one column named `delta`. The CSVs keep the
-    machine-friendly names."""
-    out = df.copy()
-    if "delta_mAP" in out:
-        lo, hi = (out[c] if c in out else pd.Series(math.nan, index=out.index) for c in ("delta_lo", "delta_hi"))
-        at = list(out.columns).index("delta_mAP")
-        vals = [_delta(*(None if v is None else float(v) for v in t)) for t in zip(out.delta_mAP, lo, hi)]
-        out = out.drop(columns=[c for c in ("delta_mAP", "delta_lo", "delta_hi") if c in out])
-        out.insert(at, delta, vals)
-    return out.rename(columns=HEADERS)
-
-# %% ../nbs/33c_tables.ipynb #84678a60
-def table1_markdown(t: pd.DataFrame) -> str:
-    """Table 1 as a reader sees it: per dataset, the published rows and ours as two labelled blocks, each its own table,
-    so a number measured here never sits in a list of published ones."""
-    parts = []
-    for ds, g in t.groupby("dataset", sort=False):
-        pub, ours = g[g.measured == "published"], g[g.measured != "published"]
-        if len(pub):
-            parts.append(f"**{ds}: published** (as printed in the papers)\n\n"
-                         + to_markdown(pub[["method", "mAP", "R1", "source"]].rename(columns=HEADERS)))
-        if len(ours):
-            note = "" if len(pub) else " (no paper reports this dataset: compare these rows with each other only)"
-            shown = ours.assign(method=ours.method.str.removeprefix("ours: "))
-            shown = shown[["method", "mAP", "R1", "measured", "source"]]
-            shown = shown.rename(columns=dict(HEADERS, measured="trained"))
-            parts.append(f"**{ds}: this repository**{note}\n\n" + to_markdown(shown))
-    return "\n".join(parts)
-
-# %% ../nbs/33c_tables.ipynb #fbb307a8
-def published_ablation(variants=None) -> pd.DataFrame:
-    "The ablation's Market-1501 numbers as published (FSAFC-Net's Tables 2 and 1, the RGA paper), one row a variant."
-    src = dict(full="An, Lim, He, Kang, Table 1", rga_sc="Zhang et al., CVPR 2020 (RGA paper)")
-    rows = [dict(variant=v, model=VARIANT_LABELS.get(v, v), dataset="Market-1501", mAP=m, R1=r,
-                 source=src.get(v, "An, Lim, He, Kang, Table 2")) for v, (m, r) in FSAFC_ABLATION.items()
-            if variants is None or v in variants]
-    return pd.DataFrame(rows, columns=["variant", "model", "dataset", "mAP", "R1", "source"])
 
 # %% ../nbs/33c_tables.ipynb #f6e07e57
 def cross_domain(cross: pd.DataFrame, df: pd.DataFrame, order=tuple(VARIANT_LABELS),
