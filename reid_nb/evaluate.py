@@ -276,7 +276,7 @@ def _ranking(meta: dict, dataset: str, data_root, metric: str, ds, top: list, pl
 
 # %% ../nbs/31_evaluate.ipynb #6942f13b
 def _run_info(meta: dict, run_dir, dataset: str, cfg: EvalConfig, ds, plain: dict) -> dict:
-    "The run information beside the metrics: what was evaluated, how, on what, and what the report draws (the CMC curve)."
+    "The run information beside the metrics: what was evaluated, how, on what, and the CMC curve the report draws."
     tc = meta.get("train_config", {})
     return dict(variant=meta["variant"], dataset=dataset, seed=tc.get("seed"), run=str(run_dir), metric=cfg.metric,
                 flip=cfg.flip, num_query=len(ds.query), num_gallery=len(ds.gallery),
@@ -285,7 +285,7 @@ def _run_info(meta: dict, run_dir, dataset: str, cfg: EvalConfig, ds, plain: dic
 
 # %% ../nbs/31_evaluate.ipynb #6dd5322d
 def _write_summary(run_dir, own: bool, dataset: str, metrics_out, seconds: dict):
-    "The wall times in the run folder: `eval_summary.json`, or `eval_summary-DATASET.json` for a cross-domain evaluation."
+    "The wall times in the run folder: `eval_summary.json` (`eval_summary-DATASET.json` for a cross-domain evaluation)."
     summary = Path(run_dir) / ("eval_summary.json" if own else f"eval_summary-{dataset}.json")
     atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(dict(metrics=str(metrics_out), seconds=seconds),
                                                                      indent=2)))
