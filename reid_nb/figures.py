@@ -12,8 +12,10 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ['draw_person', 'as_input']
 
 # %% ../nbs/08_figures.ipynb #bfd6fb28
-def draw_person(h: int = 256, w: int = 128, shirt=(0.85, 0.15, 0.15), trousers=(0.15, 0.2, 0.6), bg=(0.55, 0.6, 0.55)) -> np.ndarray:
-    "A person-like RGB image, `h`×`w`×3 floats in 0–1: head, shirt with a bag strap, trousers and shoes on a plain background."
+def draw_person(h: int = 256, w: int = 128, shirt=(0.85, 0.15, 0.15), trousers=(0.15, 0.2, 0.6),
+                bg=(0.55, 0.6, 0.55)) -> np.ndarray:
+    """A person-like RGB image, `h`×`w`×3 floats in 0–1: head, shirt with a bag strap, trousers and shoes on a plain
+    background."""
     img = np.ones((h, w, 3)) * np.array(bg)
     yy, xx = np.mgrid[:h, :w] / np.array([h, w])[:, None, None]
     img[(yy - 0.12) ** 2 / 0.006 + (xx - 0.5) ** 2 / 0.02 < 1] = (0.9, 0.7, 0.55)                      # head
@@ -25,7 +27,8 @@ def draw_person(h: int = 256, w: int = 128, shirt=(0.85, 0.15, 0.15), trousers=(
 
 # %% ../nbs/08_figures.ipynb #f97e45c1
 def as_input(img: np.ndarray) -> torch.Tensor:
-    "An `h`×`w`×3 image in 0–1 as a normalised 1×3×`h`×`w` float tensor, the way the evaluation transforms feed a model."
+    """An `h`×`w`×3 image in 0–1 as a normalised 1×3×`h`×`w` float tensor, the way the evaluation transforms feed a
+    model."""
     x = torch.as_tensor(img, dtype=torch.float32).permute(2, 0, 1)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return ((x - mean) / std)[None]

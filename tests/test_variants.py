@@ -45,7 +45,7 @@ def test_declared_variant_trains_evaluates_and_is_reported(data_root, tmp_path):
     test_m = json.loads(metrics.read_text())
     assert json.loads(alone.read_text())["mAP"] == test_m["mAP"]
     # Table 2, as the report computes it, in a process that read the same params file
-    code = ("import sys; from reid_nb.cli import read_params; from reid_nb.report import load_metrics, table2; "
+    code = ("import sys; from reid_nb.cli import read_params; from reid_nb.tables import load_metrics, table2; "
             f"read_params({str(params)!r}); t = table2(load_metrics({str(metrics.parent)!r})); "
             "print(t[['variant', 'model']].to_json(orient='records'))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
