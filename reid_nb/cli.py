@@ -4,360 +4,197 @@
 
 # %% ../nbs/32_cli.ipynb #01c0d20f
 from __future__ import annotations
-import argparse, dataclasses, json, os, shlex, subprocess, sys, typing
+import argparse, dataclasses, json, os, shlex, sys, typing
 from pathlib import Path
 import yaml
-from .train import TrainConfig, fit
-from .models import VARIANTS, variant_config
-from .download import DownloadError, ChecksumError
-from .core import FolderLocked, atomic_write, in_notebook, add_config_options
-from .params import read_params, load_params, load_yaml, option_type    # the params schema, ranges (24_params)
-from .core import Interrupted, stop_on_signals
+from .download import DownloadError
+from .core import FolderLocked, Interrupted, add_config_options, in_notebook, stop_on_signals
+from .params import read_params, load_params, option_type    # the params schema, ranges (24_params)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'variant_deps', 'sync_deps', 'check_variant_record', 'train_config_from_args',
-           'build_parser', 'dataset_manifest', 'check_file_names', 'make_rehearsal', 'profile_command', 'error_line',
-           'main']
+__all__ = ['COMMANDS', 'NO_PROGRESS', 'CHECK_MANIFEST', 'USER_ERRORS', 'INFER_OPTIONS', 'opt', 'Command', 'add_command',
+           'train_config_from_args', 'build_parser', 'error_line', 'main']
 
 # %% ../nbs/32_cli.ipynb #7efdf2a4
-def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig, skip=()):
-    "One option per field of config dataclass `cls` (`add_config_options`, `28_core`): train's, evaluate's and bench's options alike."
-    return add_config_options(p, cls, skip)
+def opt(*flags: str, **kw) -> tuple:
+    "An option of a command: the arguments of `argparse.ArgumentParser.add_argument`."
+    return flags, kw
 
-def variant_deps(variant: str) -> list[str]:
-    "The `reid_nb` module files building `variant`'s model imports: backbone, head, models, and the components its config uses."
-    from reid_nb.models import COMPONENTS, variant_config
-    used = variant_config(variant).components()       # validates a declared variant fully (imports its attention modules)
-    return sorted(["backbone.py", "head.py", "models.py"] + [COMPONENTS[c].split(".")[-1] + ".py" for c in used])
+@dataclasses.dataclass(frozen=True)
+class Command:
+    "A `reid-nb` command: name, one-line help, handler (of the parsed arguments), options, description, `more` options."
+    name: str
+    help: str
+    handler: typing.Callable
+    options: tuple = ()
+    description: str | None = None        # the command's --help text (default: `help`)
+    more: typing.Callable | None = None    # adds the options that need an import; called only when the command runs
 
-def sync_deps(params="params.yaml", root=".", check: bool = False) -> dict[str, list[str]]:
-    """Make `deps/variants/<variant>/` (see deps/README.md) hold exactly a relative link per module of `variant_deps` for every variant
-    of the params file, and, for a variant the params file declares (`variant_defs`), its definition in `variant.json`
-    (`models.variant_record`), so that DVC tracks each definition with that variant's stages only. With `check`, change nothing
-    and raise a ValueError naming what is missing (+), extra (-) or out of date (~). Returns the changes."""
-    from reid_nb.models import BUILTIN_VARIANTS, variant_record
-    doc, root = read_params(params), Path(root)
-    changes = {}
-    for v in doc.get("variants") or []:
-        folder, want = root / "deps" / "variants" / v, variant_deps(v)
-        record = None if v in BUILTIN_VARIANTS else variant_record(v)
-        have = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        add = [f for f in want if f not in have or not (folder / f).is_symlink()]
-        extra = [f for f in have if f not in want and not (f == "variant.json" and record is not None)]
-        stale = record is not None and "variant.json" in have and (folder / "variant.json").read_text() != record
-        if record is not None and "variant.json" not in have: add.append("variant.json")
-        if add or extra or stale: changes[v] = [f"+{f}" for f in add] + [f"-{f}" for f in extra] + ["~variant.json"] * stale
-        if check or not changes.get(v): continue
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in extra + add:
-            if (folder / f).is_symlink() or (folder / f).exists(): (folder / f).unlink()
-        for f in add:
-            if f != "variant.json": (folder / f).symlink_to(Path("..", "..", "..", "reid_nb", f))
-        if record is not None: atomic_write(folder / "variant.json", lambda tmp: Path(tmp).write_text(record))
-    if check and changes:
-        raise ValueError(f"{params}: deps/variants does not match the variants: "
-                         + "; ".join(f"{v}: {' '.join(c)}" for v, c in changes.items()) + " — run `reid-nb deps --params " + f"{params}` to write them")
-    return changes
+COMMANDS: dict[str, Command] = {}          # name -> Command, in the order of `reid-nb --help`
 
-def check_variant_record(variant: str, params, root=".") -> None:
-    """Refuse to run `variant` when `deps/variants/<variant>/variant.json` (under `root`, the working directory) exists but is not
-    the variant's registered definition: the DVC stage would depend on a stale file (`reid-nb train`/`evaluate` with `--params`)."""
-    from reid_nb.models import variant_record
-    f = Path(root) / "deps" / "variants" / variant / "variant.json"
-    if variant in VARIANTS and f.is_file() and f.read_text() != variant_record(variant):
-        raise ValueError(f"{f}: differs from variant {variant!r} as {params} declares it; run `reid-nb deps --params {params}` to rewrite it")
+def add_command(c: Command) -> Command:
+    "Add `c` to `COMMANDS` (a command of the same name is replaced)."
+    COMMANDS[c.name] = c
+    return c
 
-def train_config_from_args(args) -> TrainConfig:
+# %% ../nbs/32_cli.ipynb #3e5a1b10
+def _train_options(p: argparse.ArgumentParser):
+    "One option per `TrainConfig` field."
+    from reid_nb.train import TrainConfig
+    add_config_options(p, TrainConfig)
+
+def train_config_from_args(args):
     "Merge `--params` file values and explicit command-line options (which win) into a validated `TrainConfig`."
+    from reid_nb.train import TrainConfig
     d = load_params(args.params, args.variant) if args.params else {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None: d[f.name] = v
     return TrainConfig.from_dict(d)
 
+# %% ../nbs/32_cli.ipynb #4f6b2c21
+def _train(args):
+    from reid_nb.models import variant_config
+    from reid_nb.pipeline import check_variant_record
+    from reid_nb.train import fit
+    if sum((args.resume, args.resume_if_possible, args.overwrite)) > 1:
+        raise ValueError("--resume, --resume-if-possible and --overwrite exclude each other: pass one")
+    if args.allow_changes and not args.resume: raise ValueError("--allow-changes goes with --resume")
+    cfg = train_config_from_args(args)
+    if args.params: check_variant_record(cfg.variant, args.params)
+    variant_config(cfg.variant)              # a declared variant's bad attention name: one line now, not after the decoding
+    summary = fit(cfg, resume="auto" if args.resume_if_possible else args.resume, overwrite=args.overwrite,
+                  allow_changes=args.allow_changes, progress=not args.no_progress, manifest=args.manifest,
+                  record_ranks=args.record_ranks)
+    f = summary.get("final") or {}
+    print(f"trained {summary['variant']} on {summary['dataset']} for {summary['epochs']} epochs in "
+          f"{summary['seconds']:.0f} s (final loss {f.get('loss', float('nan')):.4f}, acc {f.get('acc', float('nan')):.3f})")
+
+NO_PROGRESS = opt("--no-progress", action="store_true", help="no progress bars (the resident data path's decode bar included)")
+CHECK_MANIFEST = opt("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
+add_command(Command("train", "train a variant", _train, more=_train_options, description=(
+    "Train one model variant. Writes OUT/last.safetensors (checkpoint), OUT/model.safetensors + OUT/config.json (final "
+    "model) and OUT/log.csv (per-epoch log). Run under 'torchrun --nproc_per_node N' for data-parallel training. The "
+    "defaults below are TrainConfig's (a small generic run, not a profile): --params params.yaml gives the CPU profile, "
+    "--params params-paper.yaml the paper's."), options=(
+    opt("--params", help="params.yaml: reads data.root, the 'train' section and 'overrides.VARIANT' (options given here win)"),
+    opt("--resume", action="store_true", help="continue the run in OUT from its checkpoint (last.safetensors); refused "
+        "when a setting that shapes the model differs, unless --allow-changes"),
+    opt("--resume-if-possible", action="store_true", help="continue the run in OUT when its checkpoint's settings match, "
+        "else start over (the pipeline's train stage: a killed 'dvc repro' resumes)"),
+    opt("--overwrite", action="store_true", help="replace the run that OUT holds (without it, an OUT holding a run is refused)"),
+    opt("--allow-changes", action="store_true",
+        help="with --resume: continue with changed settings, recorded in config.json's history"),
+    CHECK_MANIFEST, NO_PROGRESS,
+    opt("--record-ranks", action="store_true", help="also write OUT/ranks/rank{R}.json: the samples each rank trained on "
+        "and a digest of its parameters (for checking data-parallel training; off: a paper run would write ~1.5 M indices)"))))
+
 # %% ../nbs/32_cli.ipynb #6aab787d
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    "The `reid-nb` parser; given the `command` being run, the benchmark's options (and its imports) are built only for `bench`."
+    """The `reid-nb` parser, one subcommand per entry of `COMMANDS`; given the `command` being run, only its `more`
+    options (and their imports) are built; without one, every command's (`reid-nb --help`)."""
     p = argparse.ArgumentParser(prog="reid-nb", description="Attention-based person re-identification: train, evaluate, data.",
                                 epilog="Run 'reid-nb COMMAND --help' for the options of a command.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    t = sub.add_parser("train", help="train a variant", description="Train one model variant. Writes OUT/last.safetensors "
-                       "(checkpoint), OUT/model.safetensors + OUT/config.json (final model) and OUT/log.csv (per-epoch log). "
-                       "Run under 'torchrun --nproc_per_node N' for data-parallel training. The defaults below are TrainConfig's (a small "
-                       "generic run, not a profile): --params params.yaml gives the CPU profile, --params params-paper.yaml the paper's.")
-    t.add_argument("--params", help="params.yaml: reads data.root, the 'train' section and 'overrides.VARIANT' (options given here win)")
-    t.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint (last.safetensors); refused "
-                   "when a setting that shapes the model differs, unless --allow-changes")
-    t.add_argument("--resume-if-possible", action="store_true", help="continue the run in OUT when its checkpoint's settings match, "
-                   "else start over (the pipeline's train stage: a killed 'dvc repro' resumes)")
-    t.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (without it, an OUT holding a run is refused)")
-    t.add_argument("--allow-changes", action="store_true", help="with --resume: continue with changed settings, recorded in config.json's history")
-    t.add_argument("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars (the resident data path's decode bar included)")
-    t.add_argument("--record-ranks", action="store_true", help="also write OUT/ranks/rank{R}.json: the samples each rank trained on "
-                   "and a digest of its parameters (for checking data-parallel training; off: a paper run would write ~1.5 M indices)")
-    _add_config_options(t)
-
-    e = sub.add_parser("evaluate", help="evaluate a trained run", description="Extract features of the query and gallery "
-                       "images, rank, score (CMC, mAP, mINP; with and without re-ranking); write metrics and ranking JSON.")
-    e.add_argument("--run", "--run-dir", dest="run", required=True,
-                   help="run directory written by 'reid-nb train' (under torchrun write --run-dir: torchrun reads '--run' as its own option)")
-    e.add_argument("--params", help="params.yaml: reads data.root and the 'evaluate' section (options given here win)")
-    e.add_argument("--dataset", help="dataset to test on (default: the one the run was trained on; another one: a cross-domain "
-                   "evaluation, its wall times in the run's eval_summary-DATASET.json)")
-    e.add_argument("--data-root", default=None, help="folder holding the datasets (default: data)")
-    e.add_argument("--metrics", help="write the metrics JSON here (the metrics alone); the run information (variant, seed, CMC, "
-                   "environment) goes beside it, into runs/NAME in the same folder")
-    e.add_argument("--ranking", help="write the per-query top-k ranking JSON here")
-    e.add_argument("--manifest", help="the data stage's manifest (manifests/DATASET.json): check the images against it first")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars (the resident data path's decode bar included)")
-    if command in (None, "evaluate"):    # reid_nb.evaluate imports the evaluation stack: only when it is the command
-        from reid_nb.evaluate import EvalConfig
-        _add_config_options(e, EvalConfig)
-
-    s = sub.add_parser("synth", help="write the embedded synthetic dataset", description="Generate the procedural ReID "
-                       "dataset in the Market-1501 layout (deterministic from --seed).")
-    s.add_argument("--root", default="data/synthetic", help="output folder (default: data/synthetic)")
-    s.add_argument("--seed", type=option_type("seed"), default=0)
-    s.add_argument("--force", action="store_true", help="regenerate even if the folder holds a synthetic set (never another folder)")
-
-    d = sub.add_parser("download", help="fetch/verify/extract a dataset archive", description="Find the dataset's archive "
-                       "under ROOT (or fetch it from --url), verify its MD5, and extract it safely.")
-    d.add_argument("dataset", choices=("market1501", "dukemtmc"))
-    d.add_argument("--root", default="data", help="folder for the archive and the extracted dataset (default: data)")
-    d.add_argument("--url", help="where to fetch the archive from (http(s)://, file:// or a path)")
-
-    pr = sub.add_parser("prepare", help="make a dataset ready (synthesise or download+verify+extract)",
-                        description="The pipeline's data stage: 'synthetic' is generated (deterministic from --seed); "
-                        "market1501/dukemtmc are located or fetched, verified and extracted.")
-    pr.add_argument("dataset", help="synthetic, market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, or your own dataset registered in --params under data.custom")
-    pr.add_argument("--params", help="params.yaml: reads data.root, data.synthetic_seed and data.archives.DATASET (options given here win)")
-    pr.add_argument("--root", default=None, help="data root (default: data)")
-    pr.add_argument("--seed", type=option_type("seed"), default=None, help="seed of the synthetic dataset (default: 0)")
-    pr.add_argument("--url", help="where to fetch a real dataset's archive from")
-    pr.add_argument("--archive", help="use this archive file instead of ROOT/raw/<release name> (needs --md5)")
-    pr.add_argument("--md5", help="the declared MD5 of --archive (the release's MD5 is the default and is never skipped)")
-    pr.add_argument("--manifest", help="write a JSON manifest (split sizes and a fingerprint of every image) here")
-
-    rp = sub.add_parser("report", help="regenerate the tables and figures", description="Execute the papermill report "
-                        "template with the pipeline's parameters: Table 1, Table 2, figures, the executed notebook and its HTML.")
-    rp.add_argument("--params", default="params.yaml", help="params.yaml (profile, variants, datasets, seeds, data.root)")
-    rp.add_argument("--template", default="nbs/reports/report.ipynb")
-    rp.add_argument("--out", default="reports")
-    rp.add_argument("--metrics-dir", default="metrics")
-    rp.add_argument("--runs-dir", default="runs")
-
-    b = sub.add_parser("bench", help="measure training/evaluation throughput", description="Training throughput of the "
-                       "resident data path against the classic DataLoader path (same run), evaluation and re-ranking "
-                       "timings; '--preset gpu' is sized for one large data-centre GPU (never run on one yet), '--preset cpu-tiny' runs anywhere in seconds.")
-    if command in (None, "bench"):       # reid_nb.bench imports the whole training stack: only when it is the command
-        from reid_nb.bench import add_arguments as _bench_arguments
-        _bench_arguments(b)
-
-    mr = sub.add_parser("make-rehearsal", help="write the rehearsal profile's archives and weight files",
-                        description="Render the synthetic identities into Market-1501-v15.09.15.zip and DukeMTMC-reID.zip (the "
-                        "releases' layouts and names) at the paths the profile's data.archives declare, check their MD5s against "
-                        "the declared ones, and write stand-in ImageNet weight files in the releases' key layout (legacy pickle, "
-                        "no BatchNorm counters) where the profile's train.pretrained points. Random weights: for rehearsing the "
-                        "paper profile's code path, not for results.")
-    mr.add_argument("--params", default="params-rehearsal.yaml", help="the profile to make files for (default: params-rehearsal.yaml)")
-    mr.add_argument("--seed", type=option_type("seed"), default=0)
-    mr.add_argument("--out-params", help="also write the profile with the MD5s of the archives made here to this file (for a machine "
-                    "whose Pillow encodes JPEG differently); without it a different MD5 is an error")
-
-    pf = sub.add_parser("profile", help="run the pipeline with another profile as a DVC experiment",
-                        description="Run 'dvc exp run' with every parameter of params-NAME.yaml set on params.yaml (-S for each "
-                        "value that differs, ~ for each key the profile lacks): DVC records the run as a named experiment with "
-                        "its parameters, lock and results ('dvc exp show'); 'dvc exp branch' keeps it; 'git checkout params.yaml "
-                        "dvc.lock metrics reports manifests && dvc checkout' returns the workspace to the committed profile.")
-    pf.add_argument("name", help="the profile: params-NAME.yaml (e.g. paper, rehearsal), or a path to a params file")
-    pf.add_argument("--exp-name", help="the experiment's name (default: the profile's name)")
-    pf.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
-
-    x = sub.add_parser("extract", help="features of your own images by a trained run",
-                       description="The features a trained run gives a folder (recursive) or a list file of images: the evaluation's "
-                       "feature (post-BN, averaged with the mirrored image's), L2-normalised, written as an .npz with arrays "
-                       "'features' (N x D, float32) and 'paths' (and 'camids' with --camid-from-name). Unreadable images are named "
-                       "and skipped.")
-    x.add_argument("--run", required=True, help="a run folder of reid-nb train (config.json + model.safetensors)")
-    x.add_argument("--images", required=True, help="a folder of images (searched recursively) or a text file listing one path per line")
-    x.add_argument("--out", required=True, help="the feature file to write (.npz)")
-    s_ = sub.add_parser("search", help="nearest gallery images of query images",
-                        description="Rank a gallery (a folder, a list file, or an .npz of reid-nb extract with the same run) by "
-                        "distance to each query image; writes OUT/search.json (top-k paths and distances per query) and "
-                        "OUT/search.png (each query and its top-k).")
-    s_.add_argument("--run", required=True, help="a run folder of reid-nb train")
-    s_.add_argument("--query", required=True, nargs="+", help="one or more query images")
-    s_.add_argument("--gallery", required=True, help="a folder or list file of images, or an .npz feature file of this run")
-    s_.add_argument("--topk", type=option_type("topk"), default=10, help="gallery images kept per query (default: 10)")
-    s_.add_argument("--out", required=True, help="the folder to write search.json and search.png into")
-    for q in (x, s_):
-        q.add_argument("--batch-size", type=option_type("batch_size"), default=128,
-                       help="images per forward pass (default: 128)")
-        q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-        q.add_argument("--no-flip", action="store_true", help="do not average each feature with that of the mirrored image")
-        q.add_argument("--no-progress", action="store_true", help="no progress bar")
-    x.add_argument("--no-normalize", action="store_true", help="keep the features' length (default: L2-normalised)")
-    x.add_argument("--camid-from-name", action="store_true", help="also store each image's camera, read from a Market-1501 style name")
-    ex = sub.add_parser("export", help="a trained run as one ONNX file, checked against PyTorch with onnxruntime")
-    ex.add_argument("--run", required=True, help="a run folder of reid-nb train (config.json + model.safetensors)")
-    ex.add_argument("--format", default="onnx", help="the file format; only onnx (default: onnx)")
-    ex.add_argument("--out", required=True, help="the file to write (.onnx)")
-    ex.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="run the file with onnxruntime on the CPU "
-                    "and PyTorch on the same random batches of 4 and of 1 image, print the largest feature difference, and fail "
-                    "beyond --tolerance (default: on)")
-    if command in (None, "export"):      # reid_nb.export imports the evaluation stack: only when it is the command
-        from reid_nb.export import OPSET, TOLERANCE
-        ex.add_argument("--tolerance", type=option_type("tolerance"), default=TOLERANCE, metavar="FLOAT",
-                        help=f"the largest feature difference the check accepts (default: {TOLERANCE:g})")
-        ex.description = (f"Write a trained run's network as one ONNX file, opset {OPSET} (PyTorch's dynamo exporter, which needs "
-                          "onnxscript): input 'images', a float32 batch N x 3 x H x W at the run's input size, normalised with the "
-                          "ImageNet mean and std as for the evaluation; output 'features', N x D, the feature the evaluation extracts "
-                          "(before it averages it with the mirrored image's and L2-normalises it); N is dynamic. Needs onnx, "
-                          "onnxscript and onnxruntime (the dev extras).")
-
-    va = sub.add_parser("variants", help="list the model variants", description="List the model variants: name, label, description and config.")
-    va.add_argument("--params", type=Path, help="also the variants this params file declares under variant_defs")
-    dp = sub.add_parser("deps", help="write deps/variants/<variant> links for the variants of a params file",
-                        description="Make deps/variants/<variant>/ hold a link to each reid_nb module the variant's model imports, for "
-                                    "every variant of the params file (its train and evaluate stages depend on that folder; see deps/README.md).")
-    dp.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file (default: params.yaml)")
-    dp.add_argument("--check", action="store_true", help="change nothing; fail, naming the differences, when a link is missing or extra")
+    for c in COMMANDS.values():
+        s = sub.add_parser(c.name, help=c.help, description=c.description or c.help)
+        for flags, kw in c.options: s.add_argument(*flags, **kw)
+        if c.more and command in (None, c.name): c.more(s)
     return p
 
 # %% ../nbs/32_cli.ipynb #ecf48869
-def dataset_manifest(ds, hashes: dict | None = None) -> dict:
-    """What the pipeline's later stages depend on: split sizes, a SHA-256 fingerprint over every image's relative path and bytes,
-    and each image's hash (16 hex digits), with which training and evaluation name an image that changed afterwards."""
-    from reid_nb.data import image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS
-    hashes = hashes if hashes is not None else image_hashes(ds)
-    return dict(dataset=ds.name, folder=str(ds.root), fingerprint=fingerprint_of(hashes), num_train_pids=ds.num_train_pids,
-                num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)),
-                images={k: v[:MANIFEST_HASH_DIGITS] for k, v in hashes.items()}, labels=dataset_labels(ds))
+USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError, FolderLocked, DownloadError, yaml.YAMLError)
 
-def check_file_names(ds) -> None:
-    """Refuse an image of `ds` whose file name is not UTF-8 text, naming it (its bytes shown as `\\xff`): the manifest
-    and the dataset's fingerprint record every image by its name as UTF-8."""
-    for r in (r for split in ("train", "query", "gallery") for r in getattr(ds, split)):
-        try: str(r.path).encode("utf-8")
-        except UnicodeEncodeError:
-            shown = os.fsencode(str(r.path)).decode("utf-8", "backslashreplace")
-            raise ValueError(f"{shown}: the file name is not UTF-8 text; rename the file (the manifest and the "
-                             "dataset's fingerprint record each image by its name)") from None
+def error_line(e: BaseException) -> str:
+    """The one-line message for an error: its text (a KeyError's without quotes; a data-loader worker's without the
+    worker's traceback); for an error that is not a user's (a bug), its type and a pointer to --debug."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "Original Traceback" in msg:                 # raised in a DataLoader worker: keep the original error's last line
+        msg = [l for l in msg.splitlines() if l.strip()][-1]
+    if not isinstance(e, USER_ERRORS): msg = f"{type(e).__name__}: {msg} (an internal error: rerun with --debug for the traceback)"
+    return msg
 
-def _section(path, key: str) -> dict:
-    "Section `key` of a checked params file (empty when absent)."
-    return read_params(path).get(key) or {}
+# %% ../nbs/32_cli.ipynb #9e5f6071
+def main(argv=None) -> int:
+    """Entry point of the `reid-nb` console script: every error ends in one line on stderr and a non-zero status
+    (`--debug`: the traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    try:
+        with stop_on_signals(): COMMANDS[args.command].handler(args)          # SIGTERM ends a command the way Ctrl-C does
+    except KeyboardInterrupt as e:
+        print(f"reid-nb {args.command}: {e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return e.status if isinstance(e, Interrupted) else 130
+    except Exception as e:
+        if args.debug: raise
+        print(f"reid-nb {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, USER_ERRORS) else 1
+    return 0
 
-def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0, out_params=None) -> dict:
-    """Write the files a rehearsal profile names: the stand-in weight files where `train.pretrained` (with `{backbone}`) points, and
-    each dataset's archive where `data.archives.<name>.file` says, checked against the declared `md5`. With `out_params`, a
-    different MD5 is not an error: the profile is written there with the MD5s measured here. Returns what it wrote."""
-    from reid_nb.data import make_archive, dataset_info
-    from reid_nb.backbone import save_release_checkpoint, weights_source
-    doc = read_params(params)
-    archives, pre = (doc.get("data") or {}).get("archives") or {}, (doc.get("train") or {}).get("pretrained")
-    if not archives or not pre or pre == "imagenet" or "://" in str(pre):
-        raise ValueError(f"{params}: a rehearsal profile declares data.archives (file, md5) and a local train.pretrained path; "
-                         f"this one has archives={sorted(archives)}, pretrained={pre!r}")
-    made, measured = {}, {}
-    for backbone, ibn in (("resnet50_ibn_a", True), ("resnet50", False)):
-        f = save_release_checkpoint(weights_source(pre, backbone), ibn=ibn, seed=seed)
-        print(f"{backbone}: {f} (stand-in weights in the release's key layout, legacy pickle, no BatchNorm counters)"); made[backbone] = str(f)
-    for name in doc.get("datasets") or []:
-        if name not in archives: raise ValueError(f"{params}: dataset {name!r} has no entry under data.archives")
-        want, info = archives[name], dataset_info(name)
-        if Path(want["file"]).name != info.archive:
-            raise ValueError(f"{params}: data.archives.{name}.file must be named {info.archive} (the release's name), got {want['file']}")
-        path, md5 = make_archive(name, Path(want["file"]).parent, seed=seed, progress=True)
-        measured[name], made[name] = md5, str(path)
-        if md5 == str(want["md5"]).lower(): print(f"{name}: {path} (md5 {md5}, as declared)")
-        elif out_params: print(f"{name}: {path} (md5 {md5}; {params} declares {want['md5']}: this Pillow encodes JPEG differently)")
-        else:
-            raise ValueError(f"{path}: the archive made here has md5 {md5}, {params} declares {want['md5']}; JPEG bytes depend on the "
-                             f"Pillow build: declare {md5} under data.archives.{name}.md5 (or pass --out-params) to rehearse with this one")
-    if out_params:
-        for name, md5 in measured.items(): archives[name]["md5"] = md5
-        atomic_write(out_params, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
-        print(f"wrote {out_params}: {params} with the MD5s of the archives made here"); made["params"] = str(out_params)
-    return made
+# %% ../nbs/32_cli.ipynb #5e1b7a88
+def _evaluate_options(p: argparse.ArgumentParser):
+    "One option per `EvalConfig` field."
+    from reid_nb.evaluate import EvalConfig
+    add_config_options(p, EvalConfig)
 
-def _leaves(d: dict, pre: str = "") -> dict:
-    "Flatten nested mappings into `{'a.b.c': value}` (lists and scalars are leaves)."
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v: out.update(_leaves(v, f"{pre}{k}."))
-        else: out[f"{pre}{k}"] = v
-    return out
+def _run_variant(run) -> str | None:
+    "The variant a run folder's config.json names (None when unreadable: `evaluate_run` says what is wrong with the run)."
+    try: v = json.loads((Path(run) / "config.json").read_text()).get("variant")
+    except (OSError, ValueError, AttributeError): return None
+    return v if isinstance(v, str) else None
 
-def _hydra(v) -> str:
-    "A value in the override grammar of `dvc exp run -S` (Hydra's): strings quoted, so that DVC cannot re-type them."
-    if v is None: return "null"
-    if isinstance(v, bool): return "true" if v else "false"
-    if isinstance(v, (int, float)): return repr(v)
-    if isinstance(v, (list, tuple)): return "[" + ",".join(_hydra(x) for x in v) + "]"
-    if isinstance(v, dict): return "{" + ",".join(f"{k}:{_hydra(x)}" for k, x in v.items()) + "}"
-    return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-def profile_command(name, current="params.yaml", exp_name: str | None = None, extra=()) -> list[str]:
-    """`dvc exp run` that turns `current` into profile `name` (`params-NAME.yaml` beside `current`, or a path): `-S ++key=value` for each value that
-    differs, `-S ~key` for each key the profile lacks. The experiment then runs with exactly the profile's parameters."""
-    here = Path(current).parent
-    path = Path(name) if Path(name).suffix in (".yaml", ".yml") else here/f"params-{name}.yaml"
-    if not os.path.lexists(path):      # a FIFO or a folder goes on to read_params, which names its kind
-        known = sorted(p.stem[len("params-"):] for p in here.glob("params-*.yaml"))
-        raise FileNotFoundError(f"{path}: no such profile; known here: {', '.join(known) or 'none'}")
-    want = _leaves(read_params(path))           # a profile meets params.yaml's schema, read with load_yaml's bounds
-    have = load_yaml(current) if Path(current).is_file() else None
-    if have is not None and not isinstance(have, dict):
-        raise ValueError(f"{current}: expected a mapping at the top level, got {type(have).__name__}")
-    have = _leaves(have or {})
-    sets = [f"++{k}={_hydra(v)}" for k, v in want.items() if k not in have or have[k] != v]
-    known = set(want) | {w.rsplit(".", i)[0] for w in want for i in range(1, w.count(".") + 1)}   # leaves and their parents
-    dels = []
-    for k in have:
-        if k in known: continue
-        parts = k.split(".")
-        top = next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) not in known)
-        if f"~{top}" not in dels: dels.append(f"~{top}")      # the highest key the profile lacks, once
-    cmd = ["dvc", "exp", "run", "-n", exp_name or path.stem.replace("params-", "")]
-    for s in sets + dels: cmd += ["-S", s]
-    return cmd + list(extra)
-
+# %% ../nbs/32_cli.ipynb #7a3d9caa
 def _evaluate(args):
     from reid_nb.evaluate import evaluate_run, EvalConfig
-    ev, data = {}, {}
-    if args.params:
-        doc = read_params(args.params)
-        ev, data = doc.get("evaluate") or {}, doc.get("data") or {}
-        try: v = json.loads((Path(args.run) / "config.json").read_text()).get("variant")
-        except (OSError, ValueError, AttributeError): v = None            # evaluate_run names what is wrong with the run
-        if isinstance(v, str): check_variant_record(v, args.params)
-    settings = dict(ev)
+    from reid_nb.pipeline import check_variant_record
+    doc = read_params(args.params) if args.params else {}
+    if args.params and _run_variant(args.run): check_variant_record(_run_variant(args.run), args.params)
+    settings = dict(doc.get("evaluate") or {})
     for f in dataclasses.fields(EvalConfig):
         if getattr(args, f.name, None) is not None: settings[f.name] = getattr(args, f.name)
-    res = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root or data.get("root", "data"), metrics_out=args.metrics,
-                       ranking_out=args.ranking, progress=not args.no_progress, manifest=args.manifest, **settings)
-    line = f"{res['variant']} on {res['dataset']}: mAP {res['mAP']:.2%}  R1 {res['rank1']:.2%}  R5 {res['rank5']:.2%}  mINP {res['mINP']:.2%}"
+    res = evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root or (doc.get("data") or {}).get("root", "data"),
+                       metrics_out=args.metrics, ranking_out=args.ranking, progress=not args.no_progress,
+                       manifest=args.manifest, **settings)
+    line = (f"{res['variant']} on {res['dataset']}: mAP {res['mAP']:.2%}  R1 {res['rank1']:.2%}  R5 {res['rank5']:.2%}  "
+            f"mINP {res['mINP']:.2%}")
     if "rerank" in res: line += f"  | re-ranked: mAP {res['rerank']['mAP']:.2%}  R1 {res['rerank']['rank1']:.2%}"
     print(line)
 
-def _train(args):
-    if sum((args.resume, args.resume_if_possible, args.overwrite)) > 1:
-        raise ValueError("--resume, --resume-if-possible and --overwrite exclude each other: pass one")
-    if args.allow_changes and not args.resume: raise ValueError("--allow-changes goes with --resume")
-    resume = "auto" if args.resume_if_possible else args.resume
-    cfg = train_config_from_args(args)
-    if args.params: check_variant_record(cfg.variant, args.params)
-    variant_config(cfg.variant)              # a declared variant's bad attention name: one line now, not after the data is decoded
-    summary = fit(cfg, resume=resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
-                  progress=not args.no_progress, manifest=args.manifest, record_ranks=args.record_ranks)
-    f = summary.get("final") or {}
-    print(f"trained {summary['variant']} on {summary['dataset']} for {summary['epochs']} epochs in {summary['seconds']:.0f} s "
-          f"(final loss {f.get('loss', float('nan')):.4f}, acc {f.get('acc', float('nan')):.3f})")
+add_command(Command("evaluate", "evaluate a trained run", _evaluate, more=_evaluate_options, description=(
+    "Extract features of the query and gallery images, rank, score (CMC, mAP, mINP; with and without re-ranking); "
+    "write metrics and ranking JSON."), options=(
+    opt("--run", "--run-dir", dest="run", required=True, help="run directory written by 'reid-nb train' (under torchrun "
+        "write --run-dir: torchrun reads '--run' as its own option)"),
+    opt("--params", help="params.yaml: reads data.root and the 'evaluate' section (options given here win)"),
+    opt("--dataset", help="dataset to test on (default: the one the run was trained on; another one: a cross-domain "
+        "evaluation, its wall times in the run's eval_summary-DATASET.json)"),
+    opt("--data-root", default=None, help="folder holding the datasets (default: data)"),
+    opt("--metrics", help="write the metrics JSON here (the metrics alone); the run information (variant, seed, CMC, "
+        "environment) goes beside it, into runs/NAME in the same folder"),
+    opt("--ranking", help="write the per-query top-k ranking JSON here"), CHECK_MANIFEST, NO_PROGRESS)))
 
+# %% ../nbs/32_cli.ipynb #9c5fbccc
+def _prepare(args):
+    from reid_nb.prepare import prepare
+    prepare(args.dataset, args.params, root=args.root, manifest=args.manifest, seed=args.seed, url=args.url,
+            archive=args.archive, md5=args.md5)
+
+add_command(Command("prepare", "make a dataset ready (synthesise or download+verify+extract)", _prepare, description=(
+    "The pipeline's data stage: 'synthetic' is generated (deterministic from --seed); the releases are located or "
+    "fetched, verified and extracted; every image is read once, and the manifest is written."), options=(
+    opt("dataset", help="synthetic, market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, or your own "
+        "dataset registered in --params under data.custom"),
+    opt("--params", help="params.yaml: reads data.root, data.synthetic_seed and data.archives.DATASET (options given here win)"),
+    opt("--root", default=None, help="data root (default: data)"),
+    opt("--seed", type=option_type("seed"), default=None, help="seed of the synthetic dataset (default: 0)"),
+    opt("--url", help="where to fetch a real dataset's archive from"),
+    opt("--archive", help="use this archive file instead of ROOT/raw/<release name> (needs --md5)"),
+    opt("--md5", help="the declared MD5 of --archive (the release's MD5 is the default and is never skipped)"),
+    opt("--manifest", help="write a JSON manifest (split sizes and a fingerprint of every image) here"))))
+
+# %% ../nbs/32_cli.ipynb #1e7a0eee
 def _synth(args):
     from reid_nb.data import make_synthetic
     from reid_nb.synthetic import synthetic_outdated
@@ -365,35 +202,31 @@ def _synth(args):
     if root.exists() and not root.is_dir(): raise NotADirectoryError(f"--root {root}: exists and is not a folder")
     if root.exists() and any(root.iterdir()):
         if not (root / "synthetic.json").is_file():
-            raise ValueError(f"{root} is not empty and holds no synthetic set made by reid_nb (no synthetic.json); refusing to replace it")
+            raise ValueError(f"{root} is not empty and holds no synthetic set made by reid_nb (no synthetic.json); "
+                             "refusing to replace it")
         why = synthetic_outdated(root)                         # an older renderer's images: made again, not kept
         if not args.force and not why: print(f"{root} exists; keeping it (use --force to regenerate)"); return
         if why and not args.force: print(f"{why}; regenerating it")
     print(f"wrote {make_synthetic(root, seed=args.seed, overwrite=True)}")
 
-def _prepare(args):
-    from reid_nb.data import load_dataset, image_hashes
-    data = _section(args.params, "data") if args.params else {}
-    root = args.root or data.get("root", "data")
-    if args.dataset == "synthetic":
-        kw = dict(seed=args.seed if args.seed is not None else data.get("synthetic_seed", 0))
-    else:
-        decl = (data.get("archives") or {}).get(args.dataset) or {}
-        if not isinstance(decl, dict) or set(decl) - {"file", "md5"}:
-            raise ValueError(f"{args.params}: data.archives.{args.dataset} must be a mapping with keys file and md5, got {decl!r}")
-        if "md5" in decl and not isinstance(decl["md5"], str):
-            raise ValueError(f"{args.params}: data.archives.{args.dataset}.md5 must be a quoted string (YAML read {decl['md5']!r}, "
-                             f"a {type(decl['md5']).__name__}): write md5: \"<32 hex digits>\"")
-        kw = dict(url=args.url, archive=args.archive or decl.get("file"), md5=args.md5 or decl.get("md5"))
-    ds = load_dataset(args.dataset, root, **kw)
-    check_file_names(ds)                                           # before hours of hashing, not after
-    ds.stats()
-    hashes = image_hashes(ds, decode=True, progress=True)          # every image decoded once: an unreadable one is refused here
-    if args.manifest:
-        atomic_write(args.manifest, lambda tmp: Path(tmp).write_text(json.dumps(dataset_manifest(ds, hashes), indent=2)))
-    print(f"ready: {ds.root} ({len(hashes)} images, all readable)")
+def _download(args):
+    from reid_nb.data import prepare_dataset
+    print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
 
+add_command(Command("synth", "write the embedded synthetic dataset", _synth, description=(
+    "Generate the procedural ReID dataset in the Market-1501 layout (deterministic from --seed)."), options=(
+    opt("--root", default="data/synthetic", help="output folder (default: data/synthetic)"),
+    opt("--seed", type=option_type("seed"), default=0),
+    opt("--force", action="store_true", help="regenerate even if the folder holds a synthetic set (never another folder)"))))
+add_command(Command("download", "fetch/verify/extract a dataset archive", _download, description=(
+    "Find the dataset's archive under ROOT (or fetch it from --url), verify its MD5, and extract it safely."), options=(
+    opt("dataset", choices=("market1501", "dukemtmc")),
+    opt("--root", default="data", help="folder for the archive and the extracted dataset (default: data)"),
+    opt("--url", help="where to fetch the archive from (http(s)://, file:// or a path)"))))
+
+# %% ../nbs/32_cli.ipynb #4b0d3b11
 def _report(args):
+    from reid_nb.models import VARIANTS_ENV, variants_env
     from reid_nb.report import run_report
     doc = read_params(args.params)          # variants, datasets, seeds: non-empty lists of known values (check_lists)
     missing = [k for k in ("variants", "datasets", "seeds") if not doc.get(k)]
@@ -403,7 +236,6 @@ def _report(args):
     params = dict(metrics_dir=args.metrics_dir, runs_dir=args.runs_dir, data_root=(doc.get("data") or {}).get("root", "data"),
                   profile=doc.get("profile", "cpu"), variants=doc["variants"], datasets=doc["datasets"],
                   seeds=doc["seeds"], eval_datasets=doc.get("eval_datasets") or [])
-    from reid_nb.models import VARIANTS_ENV, variants_env
     env, before = variants_env(), os.environ.get(VARIANTS_ENV)      # the report's kernel learns the declared variants from it
     os.environ.update(env)
     try: nb, html = run_report(args.template, args.out, params)
@@ -412,32 +244,81 @@ def _report(args):
         elif env: os.environ[VARIANTS_ENV] = before
     print(f"wrote {nb} and {html}")
 
-def _profile(args):
-    cmd = profile_command(args.name, exp_name=args.exp_name)
-    print(" ".join(shlex.quote(c) for c in cmd), flush=True)
-    if not args.dry_run:
-        import shutil
-        exe = [shutil.which("dvc")] if shutil.which("dvc") else [sys.executable, "-m", "dvc"]   # the dvc of this environment
-        params = Path("params.yaml")
-        before = params.read_bytes() if params.is_file() else None
-        def restore() -> bool:              # dvc exp run rewrote params.yaml with the profile's values before it failed: undo that
-            changed = before is not None and params.read_bytes() != before
-            if changed: atomic_write(params, lambda tmp: Path(tmp).write_bytes(before))
-            return changed
-        try: rc = subprocess.call(exe + cmd[1:])
-        except KeyboardInterrupt:
-            if restore(): print("params.yaml restored to what it was", file=sys.stderr)
-            raise
-        if rc: raise ValueError(f"dvc exp run exited with status {rc}" + ("; params.yaml restored to what it was" if restore() else ""))
+add_command(Command("report", "regenerate the tables and figures", _report, description=(
+    "Execute the papermill report template with the pipeline's parameters: Table 1, Table 2, figures, the executed "
+    "notebook and its HTML."), options=(
+    opt("--params", default="params.yaml", help="params.yaml (profile, variants, datasets, seeds, data.root)"),
+    opt("--template", default="nbs/reports/report.ipynb"), opt("--out", default="reports"),
+    opt("--metrics-dir", default="metrics"), opt("--runs-dir", default="runs"))))
 
-def _download(args):
-    from reid_nb.data import prepare_dataset
-    print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
+# %% ../nbs/32_cli.ipynb #7e3a6e44
+def _bench_options(p: argparse.ArgumentParser):
+    from reid_nb.bench import add_arguments
+    add_arguments(p)
 
 def _bench(args):
-    from reid_nb.bench import run as _bench_run
-    _bench_run(args)
+    from reid_nb.bench import run
+    run(args)
 
+add_command(Command("bench", "measure training/evaluation throughput", _bench, more=_bench_options, description=(
+    "Training throughput of the resident data path against the classic DataLoader path (same run), evaluation and "
+    "re-ranking timings; '--preset gpu' is sized for one large data-centre GPU (never run on one yet), '--preset "
+    "cpu-tiny' runs anywhere in seconds.")))
+
+# %% ../nbs/32_cli.ipynb #8f4b7f55
+def _variants(args):
+    from reid_nb.models import VARIANTS
+    if args.params: read_params(args.params)                       # registers the variants it declares
+    for name, c in VARIANTS.items(): print(f"{name:10s} {c.label} — {c.description}\n{'':10s} {json.dumps(c)}")
+
+def _deps(args):
+    from reid_nb.pipeline import sync_deps
+    changes = sync_deps(args.params, check=args.check)
+    for v, c in changes.items(): print(f"deps/variants/{v}: {' '.join(c)}")
+    if args.check or changes: print(f"deps/variants {'matches' if args.check else 'now matches'} the variants of {args.params}")
+    else: print(f"deps/variants already matches the variants of {args.params}")
+
+add_command(Command("variants", "list the model variants", _variants, description=(
+    "List the model variants: name, label, description and config."), options=(
+    opt("--params", type=Path, help="also the variants this params file declares under variant_defs"),)))
+add_command(Command("deps", "write deps/variants/<variant> links for the variants of a params file", _deps, description=(
+    "Make deps/variants/<variant>/ hold a link to each reid_nb module the variant's model imports, for every variant of "
+    "the params file (its train and evaluate stages depend on that folder; see deps/README.md)."), options=(
+    opt("--params", type=Path, default=Path("params.yaml"), help="the params file (default: params.yaml)"),
+    opt("--check", action="store_true", help="change nothing; fail, naming the differences, when a link is missing or extra"))))
+
+# %% ../nbs/32_cli.ipynb #0b6d9b77
+def _profile(args):
+    from reid_nb.pipeline import profile_command, run_experiment
+    cmd = profile_command(args.name, exp_name=args.exp_name)
+    print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+    if not args.dry_run: run_experiment(cmd)
+
+def _make_rehearsal(args):
+    from reid_nb.rehearsal import make_rehearsal
+    make_rehearsal(args.params, seed=args.seed, out_params=args.out_params)
+
+add_command(Command("profile", "run the pipeline with another profile as a DVC experiment", _profile, description=(
+    "Run 'dvc exp run' with every parameter of params-NAME.yaml set on params.yaml (-S for each value that differs, ~ for "
+    "each key the profile lacks): DVC records the run as a named experiment with its parameters, lock and results ('dvc "
+    "exp show'); 'dvc exp branch' keeps it; 'git checkout params.yaml dvc.lock metrics reports manifests && dvc "
+    "checkout' returns the workspace to the committed profile."), options=(
+    opt("name", help="the profile: params-NAME.yaml (e.g. paper, rehearsal), or a path to a params file"),
+    opt("--exp-name", help="the experiment's name (default: the profile's name)"),
+    opt("--dry-run", action="store_true", help="print the dvc command, run nothing"))))
+add_command(Command("make-rehearsal", "write the rehearsal profile's archives and weight files", _make_rehearsal,
+                         description=(
+    "Render the synthetic identities into Market-1501-v15.09.15.zip and DukeMTMC-reID.zip (the releases' layouts and "
+    "names) at the paths the profile's data.archives declare, check their MD5s against the declared ones, and write "
+    "stand-in ImageNet weight files in the releases' key layout (legacy pickle, no BatchNorm counters) where the "
+    "profile's train.pretrained points. Random weights: for rehearsing the paper profile's code path, not for results."),
+                         options=(
+    opt("--params", default="params-rehearsal.yaml", help="the profile to make files for (default: params-rehearsal.yaml)"),
+    opt("--seed", type=option_type("seed"), default=0),
+    opt("--out-params", help="also write the profile with the MD5s of the archives made here to this file (for a machine "
+        "whose Pillow encodes JPEG differently); without it a different MD5 is an error"))))
+
+# %% ../nbs/32_cli.ipynb #2d8f1b99
 def _infer_options(args) -> dict:
     return dict(batch_size=args.batch_size, device=args.device, flip=not args.no_flip, progress=not args.no_progress)
 
@@ -456,55 +337,60 @@ def _search(args):
     for r in res: print(f"{r['query']}: top-1 {r['top'][0]['path']} ({r['top'][0]['distance']:.4f})")
     print(f"wrote {js} and {png}")
 
+INFER_OPTIONS = (
+    opt("--batch-size", type=option_type("batch_size"), default=128, help="images per forward pass (default: 128)"),
+    opt("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)"),
+    opt("--no-flip", action="store_true", help="do not average each feature with that of the mirrored image"),
+    opt("--no-progress", action="store_true", help="no progress bar"))
+add_command(Command("extract", "features of your own images by a trained run", _extract, description=(
+    "The features a trained run gives a folder (recursive) or a list file of images: the evaluation's feature (post-BN, "
+    "averaged with the mirrored image's), L2-normalised, written as an .npz with arrays 'features' (N x D, float32) and "
+    "'paths' (and 'camids' with --camid-from-name). Unreadable images are named and skipped."), options=(
+    opt("--run", required=True, help="a run folder of reid-nb train (config.json + model.safetensors)"),
+    opt("--images", required=True, help="a folder of images (searched recursively) or a text file listing one path per line"),
+    opt("--out", required=True, help="the feature file to write (.npz)"), *INFER_OPTIONS,
+    opt("--no-normalize", action="store_true", help="keep the features' length (default: L2-normalised)"),
+    opt("--camid-from-name", action="store_true", help="also store each image's camera, read from a Market-1501 style name"))))
+add_command(Command("search", "nearest gallery images of query images", _search, description=(
+    "Rank a gallery (a folder, a list file, or an .npz of reid-nb extract with the same run) by distance to each query "
+    "image; writes OUT/search.json (top-k paths and distances per query) and OUT/search.png (each query and its top-k)."),
+                 options=(
+    opt("--run", required=True, help="a run folder of reid-nb train"),
+    opt("--query", required=True, nargs="+", help="one or more query images"),
+    opt("--gallery", required=True, help="a folder or list file of images, or an .npz feature file of this run"),
+    opt("--topk", type=option_type("topk"), default=10, help="gallery images kept per query (default: 10)"),
+    opt("--out", required=True, help="the folder to write search.json and search.png into"), *INFER_OPTIONS)))
+
+# %% ../nbs/32_cli.ipynb #3e9f2caa
+def _export_options(p: argparse.ArgumentParser):
+    "`--tolerance` and the description, which name `36_export`'s defaults."
+    from reid_nb.export import OPSET, TOLERANCE
+    p.add_argument("--tolerance", type=option_type("tolerance"), default=TOLERANCE, metavar="FLOAT",
+                   help=f"the largest feature difference the check accepts (default: {TOLERANCE:g})")
+    p.description = (f"Write a trained run's network as one ONNX file, opset {OPSET} (PyTorch's dynamo exporter, which "
+                     "needs onnxscript): input 'images', a float32 batch N x 3 x H x W at the run's input size, normalised "
+                     "with the ImageNet mean and std as for the evaluation; output 'features', N x D, the feature the "
+                     "evaluation extracts (before it averages it with the mirrored image's and L2-normalises it); N is "
+                     "dynamic. Needs onnx, onnxscript and onnxruntime (the dev extras).")
+
 def _export(args):
     from reid_nb.export import export_run
     res = export_run(args.run, args.out, format=args.format, check=args.check, tolerance=args.tolerance)
     h, w = res["input_size"]
-    print(f"wrote {res['path']}: {res['variant']}, input N x 3 x {h} x {w} -> features N x {res['feature_dim']}, opset {res['opset']}, N dynamic")
+    print(f"wrote {res['path']}: {res['variant']}, input N x 3 x {h} x {w} -> features N x {res['feature_dim']}, "
+          f"opset {res['opset']}, N dynamic")
     if res["max_abs_diff"] is not None:
         print(f"check: onnxruntime (CPU) vs PyTorch, batches of {' and '.join(map(str, res['batch_sizes']))}: "
               f"max |feature difference| {res['max_abs_diff']:.2e} (tolerance {args.tolerance:g})")
 
-def _variants(args):
-    if args.params: read_params(args.params)                       # registers the variants it declares
-    for name, c in VARIANTS.items(): print(f"{name:10s} {c.label} — {c.description}\n{'':10s} {json.dumps(c)}")
-
-def _deps(args):
-    changes = sync_deps(args.params, check=args.check)
-    for v, c in changes.items(): print(f"deps/variants/{v}: {' '.join(c)}")
-    print(f"deps/variants {'matches' if args.check else 'now matches'} the variants of {args.params}" if args.check or changes else
-          f"deps/variants already matches the variants of {args.params}")
-
-COMMANDS = {"train": _train, "evaluate": _evaluate, "synth": _synth, "download": _download, "prepare": _prepare, "report": _report,
-            "bench": _bench, "profile": _profile, "variants": _variants, "deps": _deps, "extract": _extract, "search": _search, "export": _export,
-            "make-rehearsal": lambda a: make_rehearsal(a.params, seed=a.seed, out_params=a.out_params)}
-
-USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError, FolderLocked, DownloadError, yaml.YAMLError)
-
-def error_line(e: BaseException) -> str:
-    """The one-line message for an error: its text (a KeyError's without quotes; a data-loader worker's without the worker's
-    traceback); for an error that is not a user's (a bug), its type and a pointer to --debug."""
-    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    if "Original Traceback" in msg:                 # raised in a DataLoader worker: keep the original error's last line
-        msg = [l for l in msg.splitlines() if l.strip()][-1]
-    if not isinstance(e, USER_ERRORS): msg = f"{type(e).__name__}: {msg} (an internal error: rerun with --debug for the traceback)"
-    return msg
-
-def main(argv=None) -> int:
-    "Entry point of the `reid-nb` console script: every error ends in one line on stderr and a non-zero status (`--debug`: the traceback)."
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
-    try:
-        with stop_on_signals(): COMMANDS[args.command](args)          # SIGTERM ends a command the way Ctrl-C does
-    except KeyboardInterrupt as e:
-        print(f"reid-nb {args.command}: {e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
-        return e.status if isinstance(e, Interrupted) else 130
-    except Exception as e:
-        if args.debug: raise
-        print(f"reid-nb {args.command}: error: {error_line(e)}", file=sys.stderr)
-        return 2 if isinstance(e, USER_ERRORS) else 1
-    return 0
+add_command(Command("export", "a trained run as one ONNX file, checked against PyTorch with onnxruntime", _export,
+                 more=_export_options, options=(
+    opt("--run", required=True, help="a run folder of reid-nb train (config.json + model.safetensors)"),
+    opt("--format", default="onnx", help="the file format; only onnx (default: onnx)"),
+    opt("--out", required=True, help="the file to write (.onnx)"),
+    opt("--check", action=argparse.BooleanOptionalAction, default=True, help="run the file with onnxruntime on the CPU "
+        "and PyTorch on the same random batches of 4 and of 1 image, print the largest feature difference, and fail "
+        "beyond --tolerance (default: on)"))))
 
 # %% ../nbs/32_cli.ipynb #8eb68abc
 if __name__ == "__main__" and not in_notebook():     # `python -m reid_nb.cli`; in a Jupyter kernel __name__ is "__main__" too

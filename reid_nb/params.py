@@ -13,7 +13,7 @@ from .core import check_regular, read_regular
 # %% auto #0
 __all__ = ['INT_MAX', 'SEED_MAX', 'RANGES', 'MAX_YAML_BYTES', 'MAX_YAML_DEPTH', 'MAX_JSON_BYTES', 'PARAMS_SECTIONS', 'DATA_KEYS',
            'Range', 'range_problem', 'check_value', 'check_ranges', 'option_type', 'check_section', 'read_text',
-           'load_yaml', 'load_json', 'check_lists', 'read_params', 'load_params']
+           'load_yaml', 'load_json', 'check_lists', 'read_data_params', 'read_params', 'load_params']
 
 # %% ../nbs/24_params.ipynb #de89479f
 INT_MAX = 2**31 - 1      # the largest count an option takes (a C int: what torch and the data loaders accept)
@@ -229,19 +229,8 @@ def check_lists(doc: dict, path) -> None:
             raise ValueError(f"{path}: {key} lists {_short(next(x for x in v if v.count(x) > 1))} more than once")
 
 # %% ../nbs/24_params.ipynb #7ef7f8ef
-def read_params(path) -> dict:
-    """A params file (`load_yaml`: bounded), checked: unknown sections, `data` keys, variants, datasets, `eval_datasets`
-    outside `datasets`, and `train` / `overrides` keys (and overrides of unknown variants) are errors listing the known
-    ones, so a typo never trains with the defaults; the lists the pipeline runs (`check_lists`) and every number that
-    `RANGES` bounds (`check_section`) are errors naming the file and the key. What needs code to check (choices,
-    devices) is checked where it is used (`TrainConfig`, `EvalConfig`). The user's own datasets, `data.custom`, are
-    registered first (`register_custom_datasets`), and so are the variants declared under `variant_defs`
-    (`register_variants`), so that `datasets`, `variants` and every command given these params know them by name."""
-    from reid_nb.data import DATASETS, register_custom_datasets
-    from reid_nb.models import VARIANTS, register_variants
-    from reid_nb.train import TrainConfig
-    from reid_nb.loader import renamed_message
-    path = Path(path)
+def _read_doc(path) -> dict:
+    "Params file `path` read with bounds (`load_yaml`): a mapping of known sections, each of its type (an empty file: `{}`)."
     doc = load_yaml(path)
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
@@ -253,27 +242,38 @@ def read_params(path) -> dict:
             kind = dict(str="string", list="list", dict="mapping")[t.__name__]
             raise ValueError(f"{path}: '{k}' must be a {kind}, got {_short(doc[k])}")
     check_lists(doc, path)
-    data, fields = doc.get("data") or {}, [f.name for f in dataclasses.fields(TrainConfig)]
+    return doc
+
+# %% ../nbs/24_params.ipynb #6e3b7c21
+def read_data_params(path) -> dict:
+    """What the data stage reads of params file `path`, checked: the document's shape (`_read_doc`), the `data` section
+    (its keys, `synthetic_seed`'s range, the user's own datasets under `data.custom`, registered by name), `datasets`
+    (known names) and `eval_datasets` (each under `datasets`). It imports no model or training code."""
+    from reid_nb.data import DATASETS, register_custom_datasets
+    path = Path(path)
+    doc = _read_doc(path)
+    data = doc.get("data") or {}
     if set(data) - set(DATA_KEYS): raise _known(f"key(s) under data in {path}:", set(data) - set(DATA_KEYS), DATA_KEYS)
     check_section({k: v for k, v in data.items() if k == "synthetic_seed"}, f"{path}: data")
     register_custom_datasets(data.get("custom"), source=f"{path}: data.custom")
-    register_variants(doc.get("variant_defs"), source=f"{path}: variant_defs")
-    for key, known in (("variants", VARIANTS), ("datasets", DATASETS)):
-        if set(doc.get(key) or []) - set(known):
-            err = _known(f"{key[:-1]}(s) under {key} in {path}:", set(doc[key]) - set(known), known)
-            if key == "variants": raise err
-            raise ValueError(f"{err} (your own datasets are registered by name under data.custom)")
     datasets, cross = doc.get("datasets") or [], doc.get("eval_datasets") or []
+    if set(datasets) - set(DATASETS):
+        err = _known(f"dataset(s) under datasets in {path}:", set(datasets) - set(DATASETS), DATASETS)
+        raise ValueError(f"{err} (your own datasets are registered by name under data.custom)")
     if set(cross) - set(datasets):     # each needs its data stage, which `datasets` declares
         outside = ", ".join(map(repr, sorted(map(str, set(cross) - set(datasets)))))
-        listed = ", ".join(map(str, datasets)) or "none"
-        raise ValueError(f"{path}: eval_datasets {outside} not under datasets ({listed}): every run is also tested on "
-                         "each dataset of eval_datasets, and the pipeline prepares only the datasets listed under "
-                         "datasets; add them there")
-    over = doc.get("overrides") or {}
-    for where, sec in [("train", doc.get("train") or {})] + [(f"overrides.{v}", o) for v, o in over.items()]:
-        if isinstance(sec, dict) and "gpu_data" in sec:
-            raise ValueError(f"{path}: {where}: " + renamed_message(sec["gpu_data"]))
+        raise ValueError(f"{path}: eval_datasets {outside} not under datasets ({', '.join(map(str, datasets)) or 'none'}): "
+                         "every run is also tested on each dataset of eval_datasets, and the pipeline prepares only the "
+                         "datasets listed under datasets; add them there")
+    return doc
+
+# %% ../nbs/24_params.ipynb #1e8a2c65
+def _check_training(doc: dict, path) -> None:
+    """`train` and every `overrides.VARIANT` of params file `path`: `TrainConfig`'s fields only, of known variants, each
+    number within its range."""
+    from reid_nb.models import VARIANTS
+    from reid_nb.train import TrainConfig
+    fields, over = [f.name for f in dataclasses.fields(TrainConfig)], doc.get("overrides") or {}
     if set(doc.get("train") or {}) - set(fields):
         raise _known(f"training parameter(s) under train in {path}:", set(doc["train"]) - set(fields), fields)
     check_section(doc.get("train") or {}, f"{path}: train")
@@ -285,9 +285,25 @@ def read_params(path) -> dict:
         if set(o or {}) - set(fields):
             raise _known(f"training parameter(s) under overrides.{v} in {path}:", set(o) - set(fields), fields)
         check_section(o or {}, f"{path}: overrides.{v}")
+
+# %% ../nbs/24_params.ipynb #3a0c4e87
+def read_params(path) -> dict:
+    """A params file checked as a whole: the data side (`read_data_params`), the variants (those declared under
+    `variant_defs` registered first), `train` and `overrides` (`_check_training`) and `evaluate`'s numbers. Unknown
+    sections, keys and names are errors listing the known ones, so a typo never trains with the defaults; every number
+    `RANGES` bounds is an error naming the file and the key. What needs code to check (choices, devices) is checked where
+    it is used (`TrainConfig`, `EvalConfig`)."""
+    from reid_nb.models import VARIANTS, register_variants
+    path = Path(path)
+    doc = read_data_params(path)
+    register_variants(doc.get("variant_defs"), source=f"{path}: variant_defs")
+    if set(doc.get("variants") or []) - set(VARIANTS):
+        raise _known(f"variant(s) under variants in {path}:", set(doc["variants"]) - set(VARIANTS), VARIANTS)
+    _check_training(doc, path)
     check_section(doc.get("evaluate") or {}, f"{path}: evaluate")
     return doc
 
+# %% ../nbs/24_params.ipynb #4b1d5f98
 def load_params(path, variant: str | None = None) -> dict:
     "Training parameters from a params.yaml: `data.root`, the `train` section, then `overrides[variant]` on top."
     doc, out = read_params(path), {}
