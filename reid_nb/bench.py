@@ -4,7 +4,7 @@
 
 # %% ../nbs/34_bench.ipynb #e3f42f22
 from __future__ import annotations
-import argparse, gc, json, math, os, platform, sys, tempfile, time, warnings
+import argparse, gc, json, math, os, sys, tempfile, time, warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 import numpy as np
@@ -20,6 +20,7 @@ from .loader import TrainBatches, DATA_PATHS
 from .step import TrainStep, RunningStats, HostReads, build_training
 from .core import auto_on, resolve_device, amp_dtype, atomic_write, in_notebook, add_config_options
 from .params import load_json
+from .provenance import device_name, library_versions
 
 # %% auto #0
 __all__ = ['COMPARED_PATHS', 'EVAL_SCALES', 'PAPER_EPOCHS', 'MARKET_TRAIN_IMAGES', 'MARKET_TEST_IMAGES', 'PRESETS', 'BenchConfig',
@@ -251,17 +252,11 @@ def measure_eval(scale: str, device: torch.device, repeats: int = 3, rerank: boo
 
 # %% ../nbs/34_bench.ipynb #f79d3102
 def environment(device: torch.device) -> dict:
-    "What the numbers depend on: versions, the device's name, CPU cores and threads."
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        name = f"{p.name} ({p.total_memory / 2 ** 30:.0f} GiB, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
-    else:
-        name = platform.processor() or "CPU"
-        try: name = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-        except (OSError, StopIteration): pass
-    return dict(torch=torch.__version__, python=platform.python_version(), device=str(device), device_name=name,
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    "What the numbers depend on: versions, the device in words (`provenance.device_name`), CPU cores, torch's threads."
+    return dict(torch=torch.__version__, python=library_versions()["python"], device=str(device),
+                device_name=device_name(device), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
 
+# %% ../nbs/34_bench.ipynb #8a1c0e03
 def _gc(device):
     gc.collect()
     if device.type == "cuda": torch.cuda.empty_cache()
@@ -272,9 +267,62 @@ def _peak_mb(device):
 def _reset_peak(device):
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
 
+# %% ../nbs/34_bench.ipynb #8a1c0e06
+def _data_sources(cfg: BenchConfig, ds, device: torch.device, progress: bool = False) -> tuple[dict, dict, dict]:
+    """`(sources, warm, data)`: the training batches of each data path of `cfg` over dataset `ds`, each path's warm-up
+    steps, and the data's description (with the resident cache's size and decode time)."""
+    n_needed = max(cfg.warmup + 4 * cfg.num_workers, cfg.warmup) + cfg.steps
+    sampler = LongEpochs(PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed), n_needed)
+    tc = cfg.train_config(cfg.variants[0])
+    sources, warm = {}, {}
+    data = dict(dataset=cfg.dataset, train_images=len(ds.train), identities=ds.num_train_pids)
+    for path in cfg.data_paths:
+        t0 = time.perf_counter()
+        sources[path] = TrainBatches(ds.train, sampler, tc, device, path, progress=progress)
+        _sync(device)
+        if path == "resident":
+            cache = sources[path].cache
+            data.update(native_size=list(cache.shape[-2:]), cache_mb=cache.numel() / 2 ** 20,
+                        decode_s=time.perf_counter() - t0)
+        warm[path] = cfg.warmup + (4 * cfg.num_workers if path == "classic" and cfg.num_workers else 0)
+    return sources, warm, data
+
+# %% ../nbs/34_bench.ipynb #8a1c0e08
+def _time_training(cfg: BenchConfig, v: str, path: str, source, warm: int, num_classes: int, fwd_flops: float,
+                   device: torch.device):
+    "`(row, model)`: the timing of variant `v` trained from `source` (a data path's batches) after `warm` steps."
+    _gc(device); _reset_peak(device)
+    step, model = train_setup(cfg, v, num_classes, device)
+    stats = RunningStats(device)
+    r = time_loop(source(0), _step_fn(step, stats), warm, cfg.steps, device)
+    stats.check(0, f"the benchmark stopped ({v}, {path} path)")
+    r["host_syncs_per_step"] = count_host_syncs(source(1), _step_fn(step, stats), device) if path == "resident" else None
+    r.update(variant=v, path=path, batch=cfg.P * cfg.K, warmup=warm, peak_mem_mb=_peak_mb(device),
+             paper_minutes=PAPER_EPOCHS * MARKET_TRAIN_IMAGES / r["images_per_s"] / 60,
+             train_tflops=3 * fwd_flops * r["images_per_s"] / 1e12)
+    return r, model
+
+def _bench_variant(cfg: BenchConfig, v: str, ds, sources: dict, warm: dict, device: torch.device, log, result: dict):
+    "Time variant `v` on every data path (and its feature extraction), adding the rows and the ratio to `result`."
+    with torch.device("meta"):
+        fwd_flops = count_flops(build_model(v, ds.num_train_pids, input_size=cfg.input_size), cfg.input_size)
+    for path in cfg.data_paths:
+        log(f"training: {v} / {path}")
+        r, model = _time_training(cfg, v, path, sources[path], warm[path], ds.num_train_pids, fwd_flops, device)
+        result["training"].append(r)
+        if path == "resident" and cfg.infer_batch:
+            log(f"feature extraction: {v}")
+            _reset_peak(device)
+            result["inference"].append(dict(measure_inference(model, sources[path].cache, cfg, device), variant=v,
+                                            peak_mem_mb=_peak_mb(device)))
+        del model
+    rates = {r["path"]: r["images_per_s"] for r in result["training"] if r["variant"] == v}
+    if len(rates) == 2: result["ratios"][v] = rates["resident"] / rates["classic"]
+
+# %% ../nbs/34_bench.ipynb #8a1c0e0a
 def benchmark(cfg: BenchConfig, log=None, progress: bool = False) -> dict:
-    """Run the benchmark `cfg` describes; returns a JSON-serialisable dict (see `format_report`). `log(msg)` reports progress;
-    `progress`: the resident path's decode bar."""
+    """Run the benchmark `cfg` describes; returns a JSON-serialisable dict (see `format_report`). `log(msg)` reports
+    progress; `progress`: the resident path's decode bar."""
     log = log or (lambda msg: None)
     device = resolve_device(cfg.device)
     old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads())
@@ -282,53 +330,19 @@ def benchmark(cfg: BenchConfig, log=None, progress: bool = False) -> dict:
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     fresh = not cfg.data_root                        # the default: the same freshly made synthetic set on every machine
-    tmp = tempfile.TemporaryDirectory(prefix="reid_bench_") if fresh else None     # a synthetic set made for this run only
+    tmp = tempfile.TemporaryDirectory(prefix="reid_bench_") if fresh else None     # a synthetic set for this run only
     try:
         root = tmp.name if tmp else cfg.data_root
         log(f"loading {cfg.dataset} from {'a temporary folder' if tmp else root}")
         ds = load_dataset(cfg.dataset, root, progress=False)
-        result = dict(config=cfg.to_dict(), environment=environment(device), training=[], data_only={}, ratios={}, inference=[])
-        n_needed = max(cfg.warmup + 4 * cfg.num_workers, cfg.warmup) + cfg.steps
-        sampler = LongEpochs(PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed), n_needed)
-        tc = cfg.train_config(cfg.variants[0])
-        sources, warm = {}, {}
-        for path in cfg.data_paths:
-            t0 = time.perf_counter()
-            sources[path] = TrainBatches(ds.train, sampler, tc, device, path, progress=progress)
-            _sync(device)
-            if path == "resident":
-                cache = sources[path].cache
-                result["data"] = dict(dataset=cfg.dataset, train_images=len(ds.train), identities=ds.num_train_pids,
-                                      native_size=list(cache.shape[-2:]), cache_mb=cache.numel() / 2 ** 20,
-                                      decode_s=time.perf_counter() - t0)
-            warm[path] = cfg.warmup + (4 * cfg.num_workers if path == "classic" and cfg.num_workers else 0)
-        result.setdefault("data", dict(dataset=cfg.dataset, train_images=len(ds.train), identities=ds.num_train_pids))
+        result = dict(config=cfg.to_dict(), environment=environment(device), training=[], data_only={}, ratios={},
+                      inference=[])
+        sources, warm, result["data"] = _data_sources(cfg, ds, device, progress)
         for path in cfg.data_paths:
             log(f"data path alone: {path}")
-            result["data_only"][path] = dict(time_loop(sources[path](0), None, warm[path], cfg.steps, device), warmup=warm[path])
-        for v in (cfg.variants if cfg.train else ()):
-            with torch.device("meta"): fwd_flops = count_flops(build_model(v, ds.num_train_pids, input_size=cfg.input_size), cfg.input_size)
-            for path in cfg.data_paths:
-                log(f"training: {v} / {path}")
-                _gc(device); _reset_peak(device)
-                step, model = train_setup(cfg, v, ds.num_train_pids, device)
-                stats = RunningStats(device)
-                r = time_loop(sources[path](0), _step_fn(step, stats), warm[path], cfg.steps, device)
-                stats.check(0, f"the benchmark stopped ({v}, {path} path)")
-                r["host_syncs_per_step"] = (count_host_syncs(sources[path](1), _step_fn(step, stats), device)
-                                            if path == "resident" else None)
-                r.update(variant=v, path=path, batch=cfg.P * cfg.K, warmup=warm[path], peak_mem_mb=_peak_mb(device),
-                         paper_minutes=PAPER_EPOCHS * MARKET_TRAIN_IMAGES / r["images_per_s"] / 60,
-                         train_tflops=3 * fwd_flops * r["images_per_s"] / 1e12)
-                result["training"].append(r)
-                if path == "resident" and cfg.infer_batch:
-                    log(f"feature extraction: {v}")
-                    _reset_peak(device)
-                    result["inference"].append(dict(measure_inference(model, sources[path].cache, cfg, device), variant=v,
-                                                    peak_mem_mb=_peak_mb(device)))
-                del step, model
-            rates = {r["path"]: r["images_per_s"] for r in result["training"] if r["variant"] == v}
-            if len(rates) == 2: result["ratios"][v] = rates["resident"] / rates["classic"]
+            result["data_only"][path] = dict(time_loop(sources[path](0), None, warm[path], cfg.steps, device),
+                                             warmup=warm[path])
+        for v in (cfg.variants if cfg.train else ()): _bench_variant(cfg, v, ds, sources, warm, device, log, result)
         del sources
         _gc(device)
         if cfg.eval_scale != "none":
@@ -420,15 +434,10 @@ def run(args) -> dict:
     return res
 
 def main(argv=None) -> int:
-    "`python -m reid_nb.bench`: parse, run, report errors as one line (exit status 2)."
-    parser = add_arguments(argparse.ArgumentParser(prog="reid-nb bench", description="Training throughput of each variant with "
-                           "the device-resident and the classic data path, feature extraction, evaluation and re-ranking timings."))
-    args = parser.parse_args(argv)
-    try: run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:          # a bad option, a missing dataset or JSON file
-        print(f"reid-nb bench: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
-    return 0
+    """`python -m reid_nb.bench ARGS`: `reid-nb bench ARGS`, with the command line's parser and its one-line errors
+    (`cli.main`, `32_cli`)."""
+    from reid_nb.cli import main as cli_main
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 # %% ../nbs/34_bench.ipynb #b3e4c002
 def _cmd(c: dict) -> str:

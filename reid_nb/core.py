@@ -26,16 +26,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     try: dev = torch.device(name)
     except RuntimeError: raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available(): raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine (use device=cpu or auto)")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine (use device=cpu or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif dev.type != "cpu": raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     return dev
 
 def configure_cpu():
-    "Flush denormal floats to zero on the CPU: randomly initialised networks produce them, and x86 arithmetic on denormals is 10–20× slower."
+    """Flush denormal floats to zero on the CPU: randomly initialised networks produce them, and x86 arithmetic on
+    denormals is 10–20× slower."""
     torch.set_flush_denormal(True)
 
+# %% ../nbs/28_core.ipynb #c28a0002
 def auto_on(flag: str, device: torch.device) -> bool:
     "An 'auto' | 'on' | 'off' switch resolved for `device`: 'auto' means on for CUDA."
     return flag == "on" or (flag == "auto" and device.type == "cuda")
@@ -64,24 +67,28 @@ def pid_alive(pid: int) -> bool:
     except PermissionError: return True             # exists, owned by another user
     return True
 
+# %% ../nbs/28_core.ipynb #c28a0004
 def temp_name(path, pid: int | None = None) -> Path:
     "The temporary file `atomic_write` writes before renaming it to `path`: `.NAME.tmpPID` beside it."
     path = Path(path)
     return path.with_name(f".{path.name}.tmp{pid or os.getpid()}")
 
 def sweep_orphans(folder, name: str = "") -> list[Path]:
-    "Remove the temporaries (`.NAME….tmpPID`, files or folders) in `folder` whose process is gone; only those of `NAME` when given."
+    """Remove the temporaries (`.NAME….tmpPID`, files or folders) in `folder` whose process is gone; only those of `NAME`
+    when given."""
     folder, removed = Path(folder), []
     if not folder.is_dir(): return removed
     for p in folder.iterdir():
         m = ORPHAN.match(p.name)
-        if not m or not p.name.startswith(f".{name}") or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))): continue
+        if not m or not p.name.startswith(f".{name}"): continue
+        if int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))): continue
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
         else: p.unlink(missing_ok=True)
         removed.append(p)
     return removed
 
-DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)   # no space; over a quota, a size limit
+# %% ../nbs/28_core.ipynb #c28a0006
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)   # no space, over a quota or a size limit
 
 class DiskFull(OSError):
     "A file could not be written: the disk, a quota or the file-size limit is full. The message names the file."
@@ -92,6 +99,7 @@ def disk_full_errno(e: BaseException) -> int | None:
     m = re.search(r"\(os error (\d+)\)", str(e))                   # safetensors reports an io::Error as text
     return int(m.group(1)) if m and int(m.group(1)) in DISK_FULL else None
 
+# %% ../nbs/28_core.ipynb #c28a0008
 def atomic_write(path, write_fn):
     """Call `write_fn(tmp_path)`, fsync, then atomically rename the temporary file to `path` (removing temporaries of
     killed writers first). A full disk (or quota, or file-size limit) is a `DiskFull` naming `path`, left as it was."""
@@ -114,8 +122,10 @@ def atomic_write(path, write_fn):
         if tmp.exists(): tmp.unlink()
     return path
 
+# %% ../nbs/28_core.ipynb #c28a0010
 def staging_dir(parent, name: str) -> Path:
-    "A new empty folder `parent/.NAME.XXXX.tmpPID` to build something in before renaming it into place; orphans of `NAME` are removed first."
+    """A new empty folder `parent/.NAME.XXXX.tmpPID` to build something in before renaming it into place; orphans of
+    `NAME` are removed first."""
     parent = Path(parent); parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(parent, name + ".")
     return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=f".tmp{os.getpid()}", dir=parent))
@@ -137,6 +147,7 @@ def _os_lock(fd: int, take: bool = True) -> bool:
     except BlockingIOError: return False
     return True
 
+# %% ../nbs/28_core.ipynb #c28a0012
 class FolderLock:
     """An exclusive lock on `folder` for a `with` block: the OS's lock on `folder/.reid_nb.lock`, which also holds the
     owner's PID and host (for the message). The kernel drops a dead process's lock: one left by a killed run is free."""
@@ -209,6 +220,7 @@ class Interrupted(KeyboardInterrupt):
     @property
     def status(self) -> int: return 128 + self.signum
 
+# %% ../nbs/28_core.ipynb #c28a0014
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 class _Stop:
@@ -233,6 +245,7 @@ def interrupted(signum: int, message: str = "") -> Interrupted:
         signal.signal(signal.SIGCHLD, quiet)
     return Interrupted(signum, message)
 
+# %% ../nbs/28_core.ipynb #c28a0016
 @contextlib.contextmanager
 def stop_on_signals():
     "Within the block SIGINT and SIGTERM raise `Interrupted` (where their handler is Python's default; main thread)."
@@ -301,8 +314,8 @@ def broadcast(obj, src: int = 0):
 
 # %% ../nbs/28_core.ipynb #df452e61
 def field_docs(cls) -> dict[str, str]:
-    """The comment after each field of dataclass `cls` in its source (`name: type = default  # the comment`), by field name; a
-    field inherited from a base dataclass has the base's comment (the subclass's own wins)."""
+    """The comment after each field of dataclass `cls` in its source (`name: type = default  # the comment`), by field
+    name; a field inherited from a base dataclass has the base's comment (the subclass's own wins)."""
     import inspect
     names, docs = {f.name for f in dataclasses.fields(cls)}, {}
     for c in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
@@ -313,6 +326,7 @@ def field_docs(cls) -> dict[str, str]:
             if m and m.group(1) in names: docs[m.group(1)] = m.group(2).strip()
     return docs
 
+# %% ../nbs/28_core.ipynb #c28a0018
 def in_notebook() -> bool:
     "Whether this code runs inside an IPython / Jupyter kernel (where `__name__ == '__main__'` too)."
     ip = sys.modules.get("IPython")
@@ -362,6 +376,7 @@ def check_fields(cfg, prefix: str = ""):
         setattr(cfg, f.name, _coerce(prefix + f.name, getattr(cfg, f.name), hints[f.name]))
     return cfg
 
+# %% ../nbs/28_core.ipynb #c28a0020
 def from_mapping(cls, d: dict, what: str):
     "An instance of config dataclass `cls` from mapping `d`; unknown keys are an error naming them and listing the known ones."
     known = [f.name for f in dataclasses.fields(cls)]
@@ -369,6 +384,7 @@ def from_mapping(cls, d: dict, what: str):
     if unknown: raise ValueError(f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     return cls(**d)
 
+# %% ../nbs/28_core.ipynb #c28a0022
 def add_config_options(p: argparse.ArgumentParser, cls, skip=(), defaults: dict | None = None):
     """One `--option` per field of config dataclass `cls` (but those in `skip`): its comment as the help (`field_docs`), its
     `CHOICES`, its default (or `defaults[name]`, a text, e.g. where a preset sets it). Every option defaults to None: not given.
@@ -426,6 +442,7 @@ def check_regular(path, what: str = "file", max_bytes: int | None = None) -> os.
     _check_stat(path, st, what, max_bytes)
     return st
 
+# %% ../nbs/28_core.ipynb #c28a0024
 def open_regular(path, what: str = "file", max_bytes: int | None = None):
     "`path` opened for reading (binary) after `check_regular`: non-blocking, checked again on the descriptor (no race)."
     check_regular(path, what, max_bytes)
@@ -437,6 +454,7 @@ def open_regular(path, what: str = "file", max_bytes: int | None = None):
     except BaseException:
         os.close(fd); raise
 
+# %% ../nbs/28_core.ipynb #c28a0026
 def read_regular(path, what: str = "file", max_bytes: int = MAX_LIST_BYTES) -> bytes:
     "The bytes of the regular file `path`, at most `max_bytes` (one that grows past the limit while read: refused too)."
     with open_regular(path, what, max_bytes) as f: data = f.read(max_bytes + 1)
