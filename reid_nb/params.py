@@ -27,6 +27,7 @@ def _short(v, n: int = 80) -> str:
     r = repr(v)
     return r if len(r) <= n else r[:n - 1] + "…"
 
+# %% ../nbs/24_params.ipynb #p24a0002
 @dataclasses.dataclass(frozen=True)
 class Range:
     "The values a numeric option may take: `lo` to `hi` (either end open), integers or finite numbers, and `also`."
@@ -116,6 +117,7 @@ def _number(v, integer: bool):
     try: return float(v)
     except OverflowError: return math.inf if v > 0 else -math.inf    # an integer too large for a float
 
+# %% ../nbs/24_params.ipynb #p24a0004
 def range_problem(key: str, v):
     "`(value, problem)`: `v` read as `RANGES[key]` says (each item of a list), and why it is refused (None: it is not)."
     rng = RANGES[key]
@@ -124,6 +126,7 @@ def range_problem(key: str, v):
     value = type(v)(items) if isinstance(v, (list, tuple)) else items[0]
     return value, next((p for p in map(rng.problem, items) if p), None)
 
+# %% ../nbs/24_params.ipynb #p24a0006
 def check_value(name: str, v, key: str | None = None):
     """`v` checked against `RANGES[key]` (default: `name`'s last part), read as a number; a ValueError `name=value: what
     is expected` otherwise. Returns the number."""
@@ -139,6 +142,7 @@ def check_ranges(cfg, prefix: str = ""):
             setattr(cfg, f.name, check_value(prefix + f.name, getattr(cfg, f.name)))
     return cfg
 
+# %% ../nbs/24_params.ipynb #p24a0008
 def option_type(key: str):
     "An argparse `type` for an option that `RANGES[key]` bounds: the number, or argparse's error `argument --opt: ...`."
     def parse(text: str):
@@ -148,6 +152,7 @@ def option_type(key: str):
     parse.__name__ = "integer" if RANGES[key].integer else "number"
     return parse
 
+# %% ../nbs/24_params.ipynb #p24a0010
 def check_section(section: dict, where: str) -> None:
     "Check the values of a params file's mapping `section` that `RANGES` knows; errors say `where.key=value: ...`."
     for k, v in section.items():
@@ -171,6 +176,7 @@ def read_text(path, what: str, max_bytes: int = MAX_YAML_BYTES, kind: str = "YAM
         raise ValueError(f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
                          f"a {what} is {kind}") from None
 
+# %% ../nbs/24_params.ipynb #p24a0012
 def load_yaml(path, what: str = "params file"):
     """A YAML file read with bounds: at most `MAX_YAML_BYTES`, UTF-8 text (`read_text`), nested at most `MAX_YAML_DEPTH`
     deep, and no aliases (`*name`: a few lines of them expand into billions of values, or refer to themselves). Every
@@ -193,6 +199,7 @@ def load_yaml(path, what: str = "params file"):
         msg = " ".join(str(e).replace('in "<unicode string>", ', "").split())
         raise ValueError(f"{path}: not valid YAML ({msg})") from None
 
+# %% ../nbs/24_params.ipynb #p24a0013
 def load_json(path, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES):
     "A JSON file read with `load_yaml`'s bounds (size, UTF-8, depth): the document, or one line naming the file."
     text = read_text(path, what, max_bytes, "JSON")
@@ -209,6 +216,7 @@ def _known(what: str, unknown, known) -> ValueError:
     unknown = ", ".join(map(repr, sorted(map(str, unknown))))
     return ValueError(f"unknown {what} {unknown}; known: {', '.join(map(str, known))}")
 
+# %% ../nbs/24_params.ipynb #p24a0016
 def check_lists(doc: dict, path) -> None:
     """`variants`, `datasets` and `seeds` of params file `path` (where present): non-empty lists without repeats, of
     names (strings) or of seeds in range; `eval_datasets` may be empty. The pipeline runs every combination of them,

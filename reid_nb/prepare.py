@@ -8,8 +8,7 @@ import json, os
 from pathlib import Path
 from .core import atomic_write
 from .params import read_data_params
-from .data import (load_dataset, image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS, ReIDData,
-                          Record)
+from .data import load_dataset, image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS, ReIDData
 
 # %% auto #0
 __all__ = ['dataset_manifest', 'check_file_names', 'source_options', 'prepare']
