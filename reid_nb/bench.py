@@ -472,7 +472,6 @@ def main(argv=None) -> int:
 # %% ../nbs/34_bench.ipynb #b3e4c002
 def _cmd(c: dict) -> str:
     "A `reid-nb bench` command line that reproduces config `c`: every option the command has, explicitly."
-    c = dict(c, data_paths=c.get("data_paths", c.get("paths")))   # bench/cpu-tiny.json: written when it was `paths`
     keys = sorted(f.name for f in fields(BenchConfig)
                   if f.name not in BenchConfig.NOT_TIMED and f.name not in ("data_paths", "seed", "variants"))
     def val(v): return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
