@@ -41,16 +41,21 @@ def ran_stages(out: str) -> set:
 GIT = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
 
 
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory):
-    "One commit of the repository's files (what a clone holds), with a small CPU profile in params.yaml."
-    dst = tmp_path_factory.mktemp("origin") / "reid_nb"
+def checkout_copy(dst: Path) -> Path:
+    "The repository's files (what a clone holds) copied to `dst`; the links of deps/variants stay links."
     files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).stdout.split("\n")
     for f in filter(None, files):
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f, follow_symlinks=False)   # deps/variants/* stay links
+            shutil.copy2(ROOT / f, dst / f, follow_symlinks=False)
     assert not (dst / "data").exists() and not (dst / "runs").exists()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    "One commit of the repository's files (what a clone holds), with a small CPU profile in params.yaml."
+    dst = checkout_copy(tmp_path_factory.mktemp("origin") / "reid_nb")
     for committed in ("reports", "metrics", "manifests"):   # the committed results: the run below must regenerate them
         shutil.rmtree(dst / committed, ignore_errors=True)
     params = yaml.safe_load((dst / "params.yaml").read_text())
@@ -176,6 +181,36 @@ def test_repro_end_to_end(repo, tmp_path_factory):
     # the stage writes (a benchmark page once kept in reports/ vanished on every repro)
     deleted = [line[3:] for line in sh("git", "status", "--porcelain", cwd=repo).stdout.splitlines() if "D" in line[:2]]
     assert not deleted, f"dvc repro deleted files that git tracks: {deleted}"
+
+
+MODEL_OR_TRAINING = {f"reid_nb.{m}" for m in ("train", "losses", "step", "loader", "runs", "sampler", "models", "backbone", "head",
+                                             "mhsa", "eca", "rga", "fusion", "evaluate", "metrics", "rerank", "report", "bench")}
+
+
+def test_data_stage_needs_no_training_code(tmp_path):
+    """The data stage imports the data side only: the `reid_nb` modules that `reid-nb prepare` loads (run by `dvc repro` of
+    that one stage) are exactly those dvc.yaml lists for it, and none is a model or training module; so editing losses.py
+    (what nbdev_export does after an edit of its notebook) leaves the stage up to date in `dvc status`, and editing
+    data.py does not."""
+    repo = checkout_copy(tmp_path / "reid_nb")
+    declared = declared_modules(repo, yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["data"]["do"]["deps"])
+    assert not declared & MODEL_OR_TRAINING, f"the data stage lists {sorted(declared & MODEL_OR_TRAINING)}"
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "copy", cwd=repo)
+    log = tmp_path / "imports"
+    log.mkdir()
+    dvc("repro", "--single-item", "data@synthetic", cwd=repo, env=dict(PYTHONPATH=str(AUDIT), REID_NB_IMPORT_LOG=str(log)))
+    loaded = loaded_modules(log)["data@synthetic"]
+    assert loaded == declared, f"loads but not listed: {sorted(loaded - declared)}; listed, not loaded: {sorted(declared - loaded)}"
+    def stale(): return set(json.loads(dvc("status", "--json", "data@synthetic", cwd=repo).stdout or "{}"))
+    assert stale() == set()
+    for module, expected in (("losses.py", set()), ("data.py", {"data@synthetic"})):
+        f = repo / "reid_nb" / module
+        before = f.read_text()
+        f.write_text(before + "\n# an edit\n")
+        assert stale() == expected, (module, stale())
+        f.write_text(before)
 
 
 IDENTICAL = [f"metrics/{d}{run_name(v)}.json" for v in ("baseline", "rga_s") for d in ("", "runs/")] + \

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reid_nb.cli import _leaves, load_params, profile_command
+from reid_nb.cli import load_params
+from reid_nb.pipeline import _leaves, profile_command
 from reid_nb.data import DATASETS
 from reid_nb.models import VARIANTS
 from reid_nb.train import TrainConfig
