@@ -29,7 +29,8 @@ TOPICS = {"IBN": "01_backbone", "MHSA": "02_mhsa", "ECA": "03_eca", "RGA": "04_r
 # Chapters that import a chapter placed after them in the reading order, and why no order removes it (nbs/index.ipynb)
 LATER_IMPORTS = {("10_data", "11_synthetic"), ("10_data", "13_transforms"),    # pairs that use each other
                  ("13_transforms", "08_figures"),
-                 ("24_params", "30_train"), ("25_runs", "30_train")}
+                 ("24_params", "30_train"), ("25_runs", "30_train"),
+                 ("32_cli", "34_bench")}
 
 
 def _nb(stem: str) -> dict:
