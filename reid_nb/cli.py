@@ -231,7 +231,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def dataset_manifest(ds, hashes: dict | None = None) -> dict:
     """What the pipeline's later stages depend on: split sizes, a SHA-256 fingerprint over every image's relative path and bytes,
     and each image's hash (16 hex digits), with which training and evaluation name an image that changed afterwards."""
-    from reid_nb.data import image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS
+    from reid_nb.manifest import image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS
     hashes = hashes if hashes is not None else image_hashes(ds)
     return dict(dataset=ds.name, folder=str(ds.root), fingerprint=fingerprint_of(hashes), num_train_pids=ds.num_train_pids,
                 num_cams=ds.num_cams, sizes=dict(train=len(ds.train), query=len(ds.query), gallery=len(ds.gallery)),
@@ -255,7 +255,8 @@ def make_rehearsal(params="params-rehearsal.yaml", seed: int = 0, out_params=Non
     """Write the files a rehearsal profile names: the stand-in weight files where `train.pretrained` (with `{backbone}`) points, and
     each dataset's archive where `data.archives.<name>.file` says, checked against the declared `md5`. With `out_params`, a
     different MD5 is not an error: the profile is written there with the MD5s measured here. Returns what it wrote."""
-    from reid_nb.data import make_archive, dataset_info
+    from reid_nb.data import dataset_info
+    from reid_nb.releases import make_archive
     from reid_nb.backbone import save_release_checkpoint, weights_source
     doc = read_params(params)
     archives, pre = (doc.get("data") or {}).get("archives") or {}, (doc.get("train") or {}).get("pretrained")
@@ -372,7 +373,9 @@ def _synth(args):
     print(f"wrote {make_synthetic(root, seed=args.seed, overwrite=True)}")
 
 def _prepare(args):
-    from reid_nb.data import prepare_dataset, read_dataset, image_hashes
+    from reid_nb.data import read_dataset
+    from reid_nb.sources import prepare_dataset
+    from reid_nb.manifest import image_hashes
     data = _section(args.params, "data") if args.params else {}
     root = args.root or data.get("root", "data")
     if args.dataset == "synthetic":
@@ -431,7 +434,7 @@ def _profile(args):
         if rc: raise ValueError(f"dvc exp run exited with status {rc}" + ("; params.yaml restored to what it was" if restore() else ""))
 
 def _download(args):
-    from reid_nb.data import prepare_dataset
+    from reid_nb.sources import prepare_dataset
     print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
 
 def _bench(args):
