@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from .models import build_model, count_flops, VARIANTS
-from .data import load_dataset, prepare_dataset
+from .data import load_dataset
+from .sources import prepare_dataset
 from .sampler import PKSampler
 from .transforms import BatchAugment
 from .metrics import compute_distance, evaluate_rank

@@ -204,7 +204,7 @@ add_command(Command("prepare", "make a dataset ready (synthesise or download+ver
 
 # %% ../nbs/32_cli.ipynb #1e7a0eee
 def _synth(args):
-    from reid_nb.data import make_synthetic
+    from reid_nb.synthetic import make_synthetic
     from reid_nb.synthetic import synthetic_outdated
     root = Path(args.root)
     if root.exists() and not root.is_dir(): raise NotADirectoryError(f"--root {root}: exists and is not a folder")
@@ -218,7 +218,7 @@ def _synth(args):
     print(f"wrote {make_synthetic(root, seed=args.seed, overwrite=True)}")
 
 def _download(args):
-    from reid_nb.data import prepare_dataset
+    from reid_nb.sources import prepare_dataset
     print(f"ready: {prepare_dataset(args.dataset, args.root, url=args.url)}")
 
 add_command(Command("synth", "write the embedded synthetic dataset", _synth, description=(

@@ -4,32 +4,19 @@
 
 # %% ../nbs/10_data.ipynb #924ff7e9
 from __future__ import annotations
-import csv, hashlib, io, json, os, re, shutil, warnings, zipfile
-from concurrent.futures import ThreadPoolExecutor
+import csv, io, json, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
-from .download import download_url, safe_extract, check_file, file_hash, parse_checksum, ChecksumError
-from .core import (staging_dir, check_regular, read_regular, read_text_regular, MAX_IMAGE_BYTES,
-                          SpecialFileError, FileTooLargeError)
-from .transforms import read_image, BadImageError
-import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
-from .synthetic import (make_synthetic, SyntheticConfig, synthetic_plan, make_camera, make_identity, render,
-                               synthetic_outdated)
-
-_all_ = ["make_synthetic", "SyntheticConfig"]     # re-exported: `from reid_nb.data import make_synthetic`
+from .core import check_regular, read_text_regular
+from .synthetic import make_synthetic, SyntheticConfig, synthetic_outdated
 
 # %% auto #0
 __all__ = ['SPLIT_NAMES', 'NAME_PATTERN', 'ANY_CAMS_PATTERN', 'IMAGE_SUFFIXES', 'LAYOUTS', 'DATASETS', 'BUILTIN_DATASETS',
-           'SOURCE_FILE', 'MANIFEST_HASH_DIGITS', 'MSMT17_DIRS', 'MSMT17_LISTS', 'MSMT17_LIST_FILES', 'CUSTOM_COLUMNS',
-           'CUSTOM_KEYS', 'ARCHIVE_NAMES', 'Record', 'parse_name', 'layout', 'Layout', 'DatasetInfo', 'dataset_info',
-           'read_split', 'ReIDData', 'FolderLayout', 'SyntheticLayout', 'dataset_dir', 'find_dataset', 'read_dataset',
-           'archive_path', 'prepare_dataset', 'load_dataset', 'image_hashes', 'fingerprint_of', 'dataset_fingerprint',
-           'dataset_labels', 'check_manifest', 'check_outside', 'Opened', 'open_dataset', 'msmt17_camera',
-           'read_msmt17_list', 'Msmt17Layout', 'register_custom_datasets', 'ListLayout', 'make_archive',
-           'make_synthetic', 'SyntheticConfig']
+           'MSMT17_DIRS', 'MSMT17_LISTS', 'MSMT17_LIST_FILES', 'CUSTOM_COLUMNS', 'CUSTOM_KEYS', 'Record', 'parse_name',
+           'layout', 'Layout', 'DatasetInfo', 'dataset_info', 'read_split', 'ReIDData', 'FolderLayout',
+           'SyntheticLayout', 'dataset_dir', 'find_dataset', 'read_dataset', 'archive_path', 'load_dataset',
+           'msmt17_camera', 'read_msmt17_list', 'Msmt17Layout', 'register_custom_datasets', 'ListLayout']
 
 # %% ../nbs/10_data.ipynb #2c3bcf77
 class Record(NamedTuple):
@@ -420,92 +407,6 @@ def _placement_hint(name: str, root) -> str:
             f"{inside} exists, and run again (or pass --url with a URL or a local path of the archive, or declare "
             f"another copy with --archive FILE --md5 HEX).")
 
-# %% ../nbs/10_data.ipynb #src1cd00
-SOURCE_FILE = ".reid_nb_source.json"     # written into an extracted dataset folder: the archive (and MD5) it came from
-
-def _check_source(name: str, folder: Path, md5: str):
-    "Refuse a dataset folder extracted from another archive than the one declared now."
-    f = folder/SOURCE_FILE
-    have = json.loads(f.read_text()).get("md5") if f.is_file() else None
-    if have is not None and have != md5:
-        raise ValueError(f"{name}: {folder} was extracted from an archive with md5 {have}, but md5 {md5} is declared "
-                         f"now; delete {folder} (or use another data root) to extract the declared archive")
-
-def _declared_md5(name: str, archive, md5) -> str | None:
-    "The MD5 to check the archive against: the declared one (with its file), else the published one (or None)."
-    if (archive is None) != (md5 is None):
-        raise ValueError(f"{name}: a declared archive needs both its file and its md5 (got archive={archive!r}, "
-                         f"md5={md5!r}); the checksum is never skipped")
-    if md5 is None: return dataset_info(name).md5
-    algo, want = parse_checksum(md5 if ":" in str(md5) else f"md5:{md5}")
-    if algo != "md5" or len(want) != 32: raise ValueError(f"{name}: md5 {md5!r}: expected 32 hexadecimal digits")
-    return want
-
-# %% ../nbs/10_data.ipynb #fetch1cd
-def _fetch_archive(info: DatasetInfo, root, arc: Path, want: str | None, url, download: bool, progress: bool,
-                   declared: bool):
-    "Make sure `arc` is there with MD5 `want`: fetched from `url` (or the release's URL with `download`), or checked."
-    name, folder = info.name, dataset_dir(info.name, root)
-    if want is None:                                     # no published MD5 and none declared: never skipped
-        if arc.exists():
-            raise ValueError(f"{name}: found {arc}, but no MD5 is published for {name}: declare the MD5 of your copy "
-                             f"(md5sum {arc}) in params.yaml data.archives.{name}: {{file: {arc}, md5: \"HEX\"}}, or "
-                             f"pass --archive {arc} --md5 HEX; the checksum is never skipped")
-        raise FileNotFoundError(f"{name}: not found at {folder}. " + _placement_hint(name, root))
-    if not arc.exists():
-        src = url or (info.url if download and not declared else None)
-        if src is None:
-            if declared: raise FileNotFoundError(f"{name}: the declared archive {arc} does not exist (md5 {want})")
-            raise FileNotFoundError(f"{name}: not found at {folder}. " + _placement_hint(name, root))
-        download_url(src, arc, "md5:" + want, progress=progress, retries=2, timeout=30,
-                     hint=_placement_hint(name, root))
-    elif info.md5 is None:                               # a user-declared MD5 that differs is as likely a typo: kept
-        try: check_file(arc, "md5:" + want)
-        except ChecksumError as e:
-            raise ChecksumError(f"{name}: {e}; the file is kept as it is: no MD5 is published for {name}, so check the "
-                                f"declared one (md5sum {arc}) and whether this is the copy it was computed on"
-                                ) from None
-    else:
-        download_url(str(arc), arc, "md5:" + want)         # verify the copy in place (a bad one is set aside)
-
-# %% ../nbs/10_data.ipynb #extr1cd0
-def _extract(info: DatasetInfo, arc: Path, folder: Path, want: str, progress: bool) -> Path:
-    "Extract `arc` into a staging folder beside `folder`, then move its dataset folder to `folder` in one step."
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(folder.parent, info.name)     # `.NAME.XXXX.tmpPID`: a killed extraction's goes next time
-    try:
-        made = safe_extract(arc, staging, progress=progress)
-        src = next((staging/f for f in _release_folders(info) if info.reader.complete(info, staging/f)), None)
-        if src is None: raise info.reader.extract_error(info, arc, made)
-        (src/SOURCE_FILE).write_text(json.dumps(dict(archive=arc.name, md5=want)) + "\n")
-        os.replace(src, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-# %% ../nbs/10_data.ipynb #prep1cd0
-def prepare_dataset(name: str, root, url: str | None = None, download: bool = False, progress: bool = True,
-                    archive: str | os.PathLike | None = None, md5: str | None = None, **synthetic_kwargs) -> Path:
-    """The data stage: find, fetch and/or extract dataset `name` (generate it, for `synthetic`) under data root `root`;
-    returns the dataset folder. `archive` + `md5`: use this archive file (a copy, a repack, the rehearsal's) with its
-    declared MD5 instead of the release's."""
-    info, folder = dataset_info(name), dataset_dir(name, root)
-    generate = getattr(info.reader, "generate", None)
-    if generate is not None:
-        if archive is not None or md5 is not None:
-            raise ValueError(f"{name}: is generated, it has no archive (archive/md5 given)")
-        return generate(info, folder, progress=progress, **synthetic_kwargs)
-    if synthetic_kwargs:
-        raise TypeError(f"{name}: unexpected arguments {sorted(synthetic_kwargs)} (they are for 'synthetic')")
-    if info.custom: return _custom_folder(info, root, url=url, archive=archive, md5=md5)
-    want = _declared_md5(name, archive, md5)
-    if find_dataset(name, root) is not None:
-        if md5 is not None: _check_source(name, folder, want)   # a declared archive: the folder must be its extraction
-        return folder
-    arc = Path(archive) if archive is not None else archive_path(name, root)
-    _fetch_archive(info, root, arc, want, url, download, progress, declared=archive is not None)
-    return _extract(info, arc, folder, want, progress)
-
 # %% ../nbs/10_data.ipynb #cust0cd0
 def _custom_folder(info: DatasetInfo, root, **given) -> Path:
     "A custom dataset is the user's folder `<root>/<name>`: found, never fetched or extracted."
@@ -537,137 +438,6 @@ def _not_prepared(info: DatasetInfo, root) -> FileNotFoundError:
     return FileNotFoundError(f"{info.name}: not found at {dataset_dir(info.name, root)}. {place}A run reads a prepared "
                              f"dataset only: run the data stage first (reid-nb prepare {info.name} --root {root}, "
                              "or dvc repro)")
-
-# %% ../nbs/10_data.ipynb #69016f42
-def _hash_one(key: str, path: str, decode: bool) -> tuple[str, str | None, str | None]:
-    "`(key, sha256, error)` of one image file (its error as text: a special file, too large, missing, unreadable)."
-    try: digest = hashlib.sha256(read_regular(path, "image file", MAX_IMAGE_BYTES)).hexdigest()
-    except (SpecialFileError, FileTooLargeError, FileNotFoundError) as e: return key, None, str(e)
-    except OSError as e: return key, None, f"{path}: cannot read ({type(e).__name__}: {e})"
-    if decode:
-        try: read_image(path)
-        except BadImageError as e: return key, digest, str(e)
-    return key, digest, None
-
-def image_hashes(ds: ReIDData, decode: bool = False, progress: bool = False) -> dict[str, str]:
-    """`{'split/relative path': SHA-256 hex}` of every image of `ds`, in the dataset's order. `decode`: also decode
-    every image fully, and raise `BadImageError` naming the unreadable ones (all counted, the first few named)."""
-    items = [(f"{split}/{Path(r.path).relative_to(ds.root).as_posix()}", r.path) for split in SPLIT_NAMES
-             for r in getattr(ds, split)]
-    out, bad = {}, []
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:       # hashing and decoding release the GIL
-        for key, digest, err in tqdm(ex.map(lambda it: _hash_one(*it, decode), items), total=len(items),
-                                     desc="check images" if decode else "hash images", unit="img",
-                                     disable=not progress):
-            if err: bad.append(err)
-            out[key] = digest
-    if bad:
-        raise BadImageError(f"{ds.name}: {len(bad)} of {len(items)} images cannot be read: " + "; ".join(bad[:3])
-                            + (f"; … ({len(bad) - 3} more)" if len(bad) > 3 else "")
-                            + ". Replace or remove them, then run the data stage again")
-    _check_same_bytes(ds, out)
-    return out
-
-# %% ../nbs/10_data.ipynb #fpr1cd00
-def fingerprint_of(hashes: dict[str, str]) -> str:
-    "One SHA-256 over `image_hashes`' keys and digests, in order."
-    h = hashlib.sha256()
-    for key, digest in hashes.items(): h.update(key.encode()); h.update(bytes.fromhex(digest))
-    return h.hexdigest()
-
-def dataset_fingerprint(ds: ReIDData) -> str:
-    "SHA-256 over every image's split, relative path and content hash: one string naming exactly the images `ds` holds."
-    return fingerprint_of(image_hashes(ds))
-
-MANIFEST_HASH_DIGITS = 16
-
-def dataset_labels(ds: ReIDData) -> dict[str, list[int]]:
-    "`{'split/relative path': [pid, camid]}` of every image of `ds`, keyed like `image_hashes`: the manifest's labels."
-    return {f"{split}/{Path(r.path).relative_to(ds.root).as_posix()}": [int(r.pid), int(r.camid)]
-            for split in SPLIT_NAMES for r in getattr(ds, split)}
-
-# %% ../nbs/10_data.ipynb #man1cd00
-def _read_manifest(manifest) -> tuple[dict, str]:
-    "The manifest (a path to the data stage's JSON, or its dict) and how to name it in an error."
-    where = manifest if not isinstance(manifest, dict) else "the manifest"
-    if isinstance(manifest, dict): return manifest, where
-    try: manifest = json.loads(read_text_regular(manifest, "manifest"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{where}: no such manifest; run the data stage (reid-nb prepare … --manifest {where}) "
-                                "first") from None
-    except ValueError as e: raise ValueError(f"{where}: not a readable manifest ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{where}: not a manifest (a JSON object); run the data stage again")
-    return manifest, where
-
-def check_manifest(hashes: dict[str, str], manifest, fingerprint: str | None = None, ds: ReIDData | None = None):
-    """Raise `ValueError` naming the first image that differs from `manifest` (the data stage's JSON: a path, or its
-    dict); with `ds`, also the dataset's name and every image's labels (pid, camid, split), which it records too."""
-    manifest, where = _read_manifest(manifest)
-    if ds is not None and manifest.get("dataset") != ds.name:
-        raise ValueError(f"{where} is the manifest of dataset {manifest.get('dataset')!r}, but this run uses dataset "
-                         f"{ds.name!r}: pass the manifest of {ds.name} (manifests/{ds.name}.json)")
-    fp = fingerprint or fingerprint_of(hashes)
-    if manifest.get("fingerprint") == fp:
-        if ds is not None: _check_labels(ds, manifest, where)
-        return
-    fix = "the images changed after the data stage; run it again (dvc repro, or reid-nb prepare), or restore the images"
-    listed = manifest.get("images") or {}
-    for key, digest in hashes.items():
-        if key not in listed: raise ValueError(f"{key}: not in {where} (a new image): {fix}")
-        if not digest.startswith(listed[key]):
-            raise ValueError(f"{key}: differs from {where} (sha256 {listed[key]}… there, "
-                             f"{digest[:len(listed[key])]}… now): {fix}")
-    for key in listed:
-        if key not in hashes: raise ValueError(f"{key}: listed in {where}, but missing now: {fix}")
-    raise ValueError(f"the images differ from {where} (fingerprint {str(manifest.get('fingerprint'))[:12]}… there, "
-                     f"{fp[:12]}… now): {fix}")
-
-# %% ../nbs/10_data.ipynb #lab1cd00
-def check_outside(ds: ReIDData, path, what: str = "out"):
-    """Refuse an output (a run folder, a metrics file) inside the dataset's folder: the data stage owns that folder (DVC
-    tracks it as the stage's output), and a run written into a split folder mixes the run's files with the images."""
-    if path is None: return
-    p, root = Path(path).resolve(), Path(ds.root).resolve()
-    if p == root or root in p.parents:
-        raise ValueError(f"{what} {path}: lies inside the folder of dataset {ds.name} ({ds.root}); write it outside "
-                         "the dataset (the data stage owns that folder), e.g. under runs/ or metrics/")
-
-def _show_label(v) -> str:
-    if v is None: return "absent"
-    return f"pid {v[0]}, camid {v[1]}" if isinstance(v, list) and len(v) == 2 else repr(v)
-
-def _check_labels(ds: ReIDData, manifest: dict, where):
-    "Refuse labels (pid, camid, split) that differ from the data stage's, naming the first image and how many differ."
-    fix = ("the labels changed after the data stage (a renamed file, an edited list); run the data stage again "
-           "(dvc repro, or reid-nb prepare)")
-    listed = manifest.get("labels")
-    if not isinstance(listed, dict):
-        raise ValueError(f"{where}: records no image labels (it was written by an older reid_nb); run the data stage "
-                         f"again (reid-nb prepare {ds.name} --manifest {where})")
-    now = dataset_labels(ds)
-    diff = [k for k in now if listed.get(k) != now[k]] + [k for k in listed if k not in now]
-    if diff:
-        k, n = diff[0], len(diff)
-        raise ValueError(f"{k}: labelled {_show_label(now.get(k))} now, {_show_label(listed.get(k))} in {where}"
-                         + (f" ({n - 1} more image(s) differ)" if n > 1 else "") + f": {fix}")
-
-# %% ../nbs/10_data.ipynb #open1cd0
-class Opened(NamedTuple):
-    "A prepared dataset opened for a run, and its fingerprint (None on ranks other than 0, which do not hash)."
-    ds: ReIDData
-    fingerprint: str | None
-
-def open_dataset(name: str, root, manifest=None, outputs: dict | None = None, rank: int = 0) -> Opened:
-    """Open dataset `name` as the data stage prepared it, read-only: load it, refuse any of `outputs` (`{what: path}`)
-    inside its folder, hash every image (rank 0), fingerprint them and check them against `manifest` when given."""
-    ds = load_dataset(name, root)
-    for what, path in (outputs or {}).items(): check_outside(ds, path, what)
-    if rank != 0: return Opened(ds, None)
-    hashes = image_hashes(ds)
-    fp = fingerprint_of(hashes)
-    if manifest is not None: check_manifest(hashes, manifest, fp, ds)
-    return Opened(ds, fp)
 
 # %% ../nbs/10_data.ipynb #3de16fc0
 MSMT17_DIRS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}   # (train, test) images
@@ -930,73 +700,3 @@ class ListLayout(Layout):
                                  + (f". {hint}" if hint else ""))
     def read(self, info, folder: Path) -> tuple[dict, dict]:
         return _read_custom_list(info, folder), {s: 0 for s in SPLIT_NAMES}
-
-# %% ../nbs/10_data.ipynb #31adcf27
-ARCHIVE_NAMES = {    # a release's box names: Market-1501 PPPP_cCsS_FFFFFF_BB.jpg, DukeMTMC-reID PPPP_cC_fFFFFFFF.jpg
-    "market1501": lambda pid, cam, frame, box:
-        f"{'-1' if pid < 0 else f'{pid:04d}'}_c{cam}s{1 + frame % 6}_{frame:06d}_{box:02d}.jpg",
-    "dukemtmc": lambda pid, cam, frame, box: f"{pid:04d}_c{cam}_f{frame:07d}.jpg",
-}
-
-def _nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Image array `a` resized to `h`×`w` by nearest neighbour: integer indexing, the same bytes on every CPU
-    (resamplers differ by SIMD path)."""
-    return a[(np.arange(h) * a.shape[0]) // h][:, (np.arange(w) * a.shape[1]) // w]
-
-# %% ../nbs/10_data.ipynb #arcf1cd0
-def _archive_files(name: str, cfg: SyntheticConfig, progress: bool) -> dict[str, bytes]:
-    "`{member name: JPEG bytes}` of the boxes `cfg` plans, named and sized as the `name` release does."
-    info, seed, duke = dataset_info(name), cfg.seed, name == "dukemtmc"
-    size = (128, 64)
-    cams = [make_camera(seed, c, size) for c in range(cfg.num_cams)]
-    plan, frame, files = synthetic_plan(cfg), [0] * cfg.num_cams, {}
-    test_pids = sorted({p for f, p, _, _ in plan if f == "query"})
-    for i, (split, pid, c, part) in enumerate(tqdm(plan, desc=f"{name} archive", disable=not progress)):
-        rng = np.random.default_rng([seed, 7, i])
-        person = (None if part == "none" else make_identity(seed, pid) if pid > 0 else
-                  make_identity(seed, 100_000 + i) if pid == 0 else make_identity(seed, int(rng.choice(test_pids))))
-        img = Image.fromarray(render(person, cams[c], rng, size, part="all" if part == "none" else part))
-        if duke:         # DukeMTMC-reID's boxes are cut at the detection's own size: 96–256 × 32–128 px, steps of 16
-            h = 16 * int(rng.integers(6, 17)); w = 16 * max(2, int(h * rng.uniform(.33, .5)) // 16)
-            img = Image.fromarray(_nearest(np.asarray(img), h, w))
-        frame[c] += int(rng.integers(1, 50))
-        fname = ARCHIVE_NAMES[name](pid, c + 1, frame[c], 1 + int(rng.integers(3)))
-        buf = io.BytesIO(); img.save(buf, "JPEG", quality=90); files[f"{info.folder}/{split}/{fname}"] = buf.getvalue()
-    return files
-
-def _write_zip(out: Path, members: list[str], files: dict[str, bytes]):
-    "A stored (uncompressed) zip of `members` (folders end in `/`) with a fixed timestamp, written atomically."
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-            for n in members:
-                zi = zipfile.ZipInfo(n, date_time=(2015, 9, 15, 0, 0, 0))
-                zi.external_attr = (0o40755 << 16) | 0x10 if n.endswith("/") else 0o644 << 16
-                zf.writestr(zi, b"" if n.endswith("/") else files[n])
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-# %% ../nbs/10_data.ipynb #arcm1cd0
-def make_archive(name: str, out_dir, seed: int = 0, num_train_ids: int = 8, num_test_ids: int = 8,
-                 train_images_per_id: int = 4, gallery_images_per_id: int = 4,
-                 progress: bool = False) -> tuple[Path, str]:
-    """Render synthetic identities into an archive in the format of the `name` release (`market1501`:
-    `Market-1501-v15.09.15.zip`, JPEG 64×128, junk `-1` and distractors `0000` in the gallery; `dukemtmc`:
-    `DukeMTMC-reID.zip`, 8 cameras, JPEGs of varied sizes), written to `out_dir/<archive name>`. Returns `(path, md5)`.
-    Byte-for-byte deterministic for a given Pillow: stored (uncompressed) members in sorted order with a fixed
-    timestamp, so its MD5 can be declared in a params file."""
-    info = dataset_info(name)
-    if name not in ARCHIVE_NAMES:
-        raise ValueError(f"make_archive: no release format for {name!r}; known: {', '.join(ARCHIVE_NAMES)}")
-    duke = name == "dukemtmc"
-    cfg = SyntheticConfig(seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids, num_cams=info.num_cams,
-                          train_images_per_id=train_images_per_id, gallery_images_per_id=gallery_images_per_id,
-                          queries_per_id=1, num_distractors=0 if duke else max(2, num_test_ids // 2),
-                          num_junk=0 if duke else max(1, num_test_ids // 4))
-    files = _archive_files(name, cfg, progress)
-    dirs = sorted({info.folder + "/"} | {f"{info.folder}/{s}/" for s in info.reader.splits.values()})
-    out = Path(out_dir)/info.archive
-    _write_zip(out, dirs + sorted(files), files)
-    return out, file_hash(out, "md5")

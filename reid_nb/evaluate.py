@@ -14,7 +14,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS
 from .backbone import check_fits
-from .data import open_dataset
+from .manifest import open_dataset
 from .provenance import environment
 from .loader import DATA_PATHS, eval_batches
 from .metrics import distance_blocks, evaluate_blocks

@@ -8,8 +8,9 @@ import json, os
 from pathlib import Path
 from .core import atomic_write
 from .params import read_data_params
-from .data import (
-    prepare_dataset, read_dataset, image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS, ReIDData)
+from .data import read_dataset, ReIDData
+from .sources import prepare_dataset
+from .manifest import image_hashes, fingerprint_of, dataset_labels, MANIFEST_HASH_DIGITS
 
 # %% auto #0
 __all__ = ['dataset_manifest', 'check_file_names', 'source_options', 'prepare']

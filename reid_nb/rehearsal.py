@@ -25,7 +25,8 @@ def rehearsal_files(params) -> tuple[dict, str]:
 # %% ../nbs/39_rehearsal.ipynb #1d2e9b0f
 def _rehearsal_archive(name: str, want: dict, params, seed: int, accept_any: bool) -> tuple[Path, str]:
     "Make dataset `name`'s archive where `want['file']` says, and check it against `want['md5']` unless `accept_any`."
-    from reid_nb.data import make_archive, dataset_info
+    from reid_nb.data import dataset_info
+    from reid_nb.releases import make_archive
     info = dataset_info(name)
     if Path(want["file"]).name != info.archive:
         raise ValueError(f"{params}: data.archives.{name}.file must be named {info.archive} (the release's name), "

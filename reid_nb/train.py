@@ -16,7 +16,7 @@ from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, F
                           stop_requested, interrupted)
 from .backbone import check_width
 from .models import VARIANTS
-from .data import open_dataset
+from .manifest import open_dataset
 from .provenance import environment, without_timings
 from .sampler import PKSampler
 from .loader import DATA_PATHS, TrainBatches, renamed_message

@@ -91,7 +91,8 @@ def test_compiled_step_matches_eager(fp32_exact):
 
 
 def test_resident_and_classic_data_paths_agree(tmp_path):
-    from reid_nb.data import prepare_dataset, read_dataset
+    from reid_nb.data import read_dataset
+    from reid_nb.sources import prepare_dataset
     from reid_nb.evaluate import extract_features
     ds = read_dataset("synthetic", prepare_dataset("synthetic", tmp_path, progress=False, num_train_ids=4, num_test_ids=4,
                                                    train_images_per_id=3, num_distractors=2, num_junk=1))

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from reid_nb import data as D
-from reid_nb.data import DATASETS, load_dataset, prepare_dataset, read_dataset, register_custom_datasets
+from reid_nb.data import DATASETS, load_dataset, read_dataset, register_custom_datasets
+from reid_nb.download import ChecksumError
+from reid_nb.sources import SOURCE_FILE, prepare_dataset
 
 BYTES = b"\xff\xd8 a few bytes: parsing never decodes"
 
@@ -157,12 +159,12 @@ def test_msmt17_archive_needs_a_declared_md5_and_a_wrong_one_keeps_the_file(tmp_
     root = tmp_path / "data"
     with pytest.raises(ValueError, match=r"no MD5 is published for msmt17: declare the MD5 of your copy .* data.archives.msmt17"):
         prepare_dataset("msmt17", root)
-    with pytest.raises(D.ChecksumError, match="the file is kept as it is"):
+    with pytest.raises(ChecksumError, match="the file is kept as it is"):
         prepare_dataset("msmt17", root, archive=arc, md5="0" * 32)
     assert sorted(p.name for p in root.rglob("*")) == ["MSMT17_V1.tar.gz", "raw"]          # kept, nothing extracted
     ds = quiet_load("msmt17", root, archive=arc, md5=md5(arc))
     assert ds.root == root / "msmt17" and counts(ds)["gallery"] == (3, 4, 4)
-    assert json.loads((root / "msmt17" / D.SOURCE_FILE).read_text()) == {"archive": "MSMT17_V1.tar.gz", "md5": md5(arc)}
+    assert json.loads((root / "msmt17" / SOURCE_FILE).read_text()) == {"archive": "MSMT17_V1.tar.gz", "md5": md5(arc)}
     assert sorted(p.name for p in root.iterdir()) == ["msmt17", "raw"]                     # no staging folder left
     with pytest.raises(ValueError, match="was extracted from an archive with md5"):
         prepare_dataset("msmt17", root, archive=arc, md5="f" * 32)

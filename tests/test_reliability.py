@@ -325,7 +325,7 @@ def test_synth_force_regenerates_only_a_synthetic_folder(data_copy):
 
 def test_archives_bombs_orphans_and_bad_copies(tmp_path):
     import hashlib, zipfile
-    from reid_nb.data import make_archive
+    from reid_nb.releases import make_archive
     arc, md5 = make_archive("market1501", tmp_path / "made")
     root = tmp_path / "data"; root.mkdir()
     bomb = tmp_path / "Market-1501-v15.09.15.zip"
@@ -352,7 +352,8 @@ _FINGERPRINT = """
 import sys
 from pathlib import Path
 from reid_nb.synthetic import make_synthetic
-from reid_nb.data import load_dataset, image_hashes, fingerprint_of
+from reid_nb.data import load_dataset
+from reid_nb.manifest import image_hashes, fingerprint_of
 make_synthetic(Path(sys.argv[1]) / "synthetic", seed=0, num_train_ids=6, num_test_ids=4, num_distractors=4)
 print(fingerprint_of(image_hashes(load_dataset("synthetic", sys.argv[1]))))   # the data stage's fingerprint
 """

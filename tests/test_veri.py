@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from reid_nb.data import DATASETS, LAYOUTS, load_dataset, open_dataset, prepare_dataset, read_dataset
+from reid_nb.data import DATASETS, LAYOUTS, load_dataset, read_dataset
+from reid_nb.manifest import open_dataset
+from reid_nb.sources import prepare_dataset
 
 BYTES = b"\xff\xd8 a few bytes: parsing never decodes"
 
