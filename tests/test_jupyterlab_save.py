@@ -5,7 +5,7 @@ metadata of the kernel it started (kernelspec display name "Python 3 (ipykernel)
 version). nbdev_clean writes the kernelspec's name as its display name and keeps no `language_info`, so the two cannot
 agree on the file; the README's setup runs `nbdev_install_hooks`, which makes jupyter_server run nbdev_clean on every save
 (`jupyter_hooks = True` in settings.ini). These tests do what JupyterLab does, in-process: the hook nbdev installs, a
-contents manager rooted at `nbs/` (`jupyter lab nbs/`), a real kernel's metadata, `.save()`, then ask git."""
+contents manager rooted at the repository (`jupyter lab`, the README's command), a real kernel's metadata, `.save()`, then ask git."""
 import json
 import os
 import shutil
@@ -33,7 +33,7 @@ def git(cwd, *args) -> str:
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     """A git repository holding this checkout's notebooks and settings as committed, the README's setup step
-    (`nbdev_install_hooks`, with HOME in tmp_path) done in it, and the contents manager `jupyter lab nbs/` would use."""
+    (`nbdev_install_hooks`, with HOME in tmp_path) done in it, and the contents manager `jupyter lab` would use there."""
     repo, home = tmp_path / "repo", tmp_path / "home"
     home.mkdir()
     for f in git(ROOT, "ls-files", "nbs", "settings.ini", ".gitignore", ".gitattributes", ".gitconfig").split("\n"):
@@ -47,9 +47,9 @@ def lab(tmp_path, monkeypatch):
     subprocess.run([str(BIN / "nbdev_install_hooks")], cwd=repo, env=env, check=True, capture_output=True)
     assert git(repo, "status", "--porcelain") == "", "the README's nbdev_install_hooks leaves files for git to see"
     cfg = PyFileConfigLoader("jupyter_server_config.py", path=str(home / ".jupyter")).load_config()
-    monkeypatch.chdir(repo)                       # `jupyter lab nbs/` is started from the repository's root
+    monkeypatch.chdir(repo)                       # `jupyter lab` is started from the repository's root
     monkeypatch.setenv("HOME", str(home))
-    cm = FileContentsManager(config=cfg, root_dir=str(repo / "nbs"))
+    cm = FileContentsManager(config=cfg, root_dir=str(repo))
     assert cm.pre_save_hook is not None, "nbdev_install_hooks installed no pre-save hook"
     return repo, cm
 
@@ -67,17 +67,19 @@ def kernel_metadata() -> dict:
             "language_info": info}
 
 
-def test_open_and_save_every_notebook_unedited_leaves_git_clean(lab):
+def test_open_and_save_every_notebook_unedited_leaves_git_clean(lab, caplog):
     repo, cm = lab
     meta = kernel_metadata()
     assert meta["kernelspec"]["display_name"] != meta["kernelspec"]["name"]    # what made git see a change before
-    names = sorted(p.name for p in (repo / "nbs").glob("*.ipynb"))
+    names = sorted(f"nbs/{p.name}" for p in (repo / "nbs").glob("*.ipynb"))
     assert len(names) >= 20
     for name in names:
         model = cm.get(name, content=True, type="notebook")
         model["content"]["metadata"].update(json.loads(json.dumps(meta)))
         cm.save(model, name)
-    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert "hook" not in caplog.text, caplog.text[-2000:]       # the hook ran without an error on every save
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == "", (
+        "run `python tools/run_notebooks.py --format`:\n" + git(repo, "status", "--porcelain"))
 
 
 def test_run_all_and_save_a_chapter_with_outputs_leaves_git_clean(lab):
@@ -94,5 +96,5 @@ def test_run_all_and_save_a_chapter_with_outputs_leaves_git_clean(lab):
         if env is not None: os.environ["MPLBACKEND"] = env
     assert any(c.get("execution_count") for c in nb.cells)
     nb.metadata.update(kernel_metadata())
-    cm.save({"type": "notebook", "format": "json", "content": nb}, EXECUTED)
+    cm.save({"type": "notebook", "format": "json", "content": nb}, f"nbs/{EXECUTED}")
     assert git(repo, "status", "--porcelain", "--untracked-files=all") == "", git(repo, "diff", "--stat")
