@@ -36,6 +36,7 @@ TEACHING = ("01_backbone", "02_mhsa", "03_eca", "04_rga", "05_fusion", "06_head"
             "30_train", "31_evaluate")
 TAG = "figure"
 KEEP = ("text/plain", "text/html", "text/markdown", "image/png")   # the MIME types a committed output may carry
+FIGURE = ("text/plain", "image/png")   # a figure cell's output outside the teaching chapters (as the inline backend sends)
 MAX_PNG = 100_000          # bytes of one PNG (decoded)
 MAX_TEXT = 20_000          # characters of one text output
 MAX_NB_OUTPUT = 600_000    # characters of output JSON in one notebook
@@ -69,9 +70,8 @@ def scrub(outputs: list, teaching: bool, figure: bool) -> list:
                 else: kept.append({"output_type": "stream", "name": "stdout", "text": _text(o["text"])})
         elif kind in ("display_data", "execute_result"):
             data = {k: (v.rstrip() if k == "image/png" else _text(v)) for k, v in o.get("data", {}).items()
-                    if k in (KEEP if teaching else ("image/png",) if figure else ())}
-            if "image/png" in data: data.pop("text/plain", None)   # "<Figure size 432x288 with 1 Axes>" says nothing
-            if not data: continue
+                    if k in (KEEP if teaching else FIGURE if figure else ())}
+            if not data or set(data) == {"text/plain"} and not teaching: continue
             if kind == "execute_result": kept.append({"output_type": kind, "data": data, "metadata": {}, "execution_count": None})
             else: kept.append({"output_type": kind, "data": data, "metadata": {}})
         elif kind == "error":
@@ -93,8 +93,8 @@ def check_outputs(nb: dict, name: str) -> list[str]:
             if o.get("output_type") == "error": bad.append(f"{where}: an error output")
             if o.get("execution_count") is not None: bad.append(f"{where}: output execution count")
             if o.get("metadata"): bad.append(f"{where}: output metadata {sorted(o['metadata'])}")
-            other = set(o.get("data", {})) - set(KEEP if teaching else ("image/png",))
-            if other: bad.append(f"{where}: output types {sorted(other)} (kept: {KEEP if teaching else 'image/png'})")
+            other = set(o.get("data", {})) - set(KEEP if teaching else FIGURE)
+            if other: bad.append(f"{where}: output types {sorted(other)} (kept: {KEEP if teaching else FIGURE})")
             png = o.get("data", {}).get("image/png")
             if png and len(base64.b64decode(png)) > MAX_PNG:
                 bad.append(f"{where}: PNG of {len(base64.b64decode(png))} bytes > {MAX_PNG}")
