@@ -12,7 +12,8 @@ without a seed of their own come out the same every time). What is written back 
 - any other notebook (the software-engineering chapters, the index) keeps only the PNGs of cells tagged `figure`.
 Only stable output is kept, so that running the command again changes nothing in git: standard error is dropped (warnings,
 tqdm progress bars; tqdm is also switched off with `TQDM_DISABLE=1`), widget state, JavaScript and other rich types are
-dropped (text/plain, text/html, text/markdown and image/png stay), output metadata and execution counts are emptied. Then
+dropped (text/plain, text/html, text/markdown and image/png stay), output metadata and execution counts are emptied, and
+printed wall times and speed-ups are masked ("0.41 s" becomes "… s", "(12.3×)" becomes "(…×)"). Then
 `nbdev_clean` runs on the notebook, so the result is what `nbdev_clean` and CI keep. `tests/test_docs.py` checks every
 committed notebook against `check_outputs` below (types, sizes, no execution counts).
 Figures are drawn by the inline backend at its default 72 dpi; keep figsize modest (each PNG at most MAX_PNG bytes)."""
@@ -21,6 +22,7 @@ import base64
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -50,12 +52,15 @@ def is_figure(cell) -> bool:
 
 
 _addr = re.compile(r"( at 0x[0-9a-fA-F]+)(>)")
+# wall times and speed-ups a cell prints ("reference 0.412 s", "(12.3×)", "35 ms", "80.1 img/s"): they change with the
+# machine and its load, so the committed text shows "… s", "(…×)"
+_duration = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?=\s?(?:ms|µs|s|min|img/s|images/s|it/s)\b|×\))")
 
 
 def _text(x) -> list:
-    "An output's text as nbformat's list of lines, with object addresses (`<... at 0x7f...>`) removed."
+    "An output's text as nbformat's list of lines, with object addresses (`<... at 0x7f...>`) and wall times masked."
     s = "".join(x) if isinstance(x, list) else str(x)
-    return _addr.sub(r"\2", s).splitlines(True)
+    return _duration.sub("…", _addr.sub(r"\2", s)).splitlines(True)
 
 
 def scrub(outputs: list, teaching: bool, figure: bool) -> list:
@@ -155,6 +160,12 @@ def jupyterlab_format(path: Path) -> bool:
     return path.read_bytes() != before
 
 
+def _cpu() -> float:
+    "CPU seconds of this process and its finished children (the kernels): a measure that other load does not inflate."
+    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: every teaching chapter)")
@@ -173,12 +184,12 @@ def main(argv=None):
         print("figures only:", " ".join(f.name for f in every if not is_teaching(f)))
         return
     nbs = a.notebooks or [NBS / f"{t}.ipynb" for t in TEACHING]
-    bad, t0 = [], time.perf_counter()
+    bad, t0, c0 = [], time.perf_counter(), _cpu()
     for f in nbs:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu()
         bad += render(f, a.timeout)
-        print(f"{f.name}: {time.perf_counter() - t:.0f} s", flush=True)
-    print(f"{len(nbs)} notebook(s) in {time.perf_counter() - t0:.0f} s")
+        print(f"{f.name}: {time.perf_counter() - t:.0f} s ({_cpu() - c:.0f} s of CPU)", flush=True)
+    print(f"{len(nbs)} notebook(s) in {time.perf_counter() - t0:.0f} s ({_cpu() - c0:.0f} s of CPU)")
     if bad: sys.exit("\n".join(bad))
 
 
