@@ -1,8 +1,8 @@
-"""The notebooks as documents: every teaching chapter is committed with its outputs (printed results, tables, figures) and
-every other notebook with the PNGs of its figure cells only, all of them stable (no stderr, widget state, metadata or
-execution counts) and small, so JupyterLab, a code host and the book show them and diffs stay small; `nbdev_clean` leaves
-every notebook as committed; nbdev's doc processing (`nbdev_proc_nbs`, the step of `nbdev_docs` before quarto renders the
-site) succeeds on every notebook. Re-run the chapters with `python tools/run_notebooks.py [NOTEBOOK...]`."""
+"""The notebooks as documents: every teaching chapter is committed with its outputs (printed results, tables,
+figures) and every other notebook with the PNGs of its figure cells only, all of them stable (no stderr, widget state,
+metadata or execution counts) and small, so JupyterLab, a code host and the book show them and diffs stay small;
+`nbdev_clean` leaves every notebook as committed; nbdev's doc processing (`nbdev_proc_nbs`, the step of `nbdev_docs`
+before quarto renders the site) succeeds on every notebook. Re-run the chapters with `python tools/run_notebooks.py [NOTEBOOK...]`."""
 import configparser
 import json
 import os
@@ -31,7 +31,7 @@ def test_settings_keep_figures_and_the_hand_written_readme():
     c = _cfg()
     assert c["clear_all"] == "False"                         # nbdev_clean keeps outputs...
     assert "tags" in c["allowed_cell_metadata_keys"].split()  # ...and the `figure` tag that marks the cells allowed to have them
-    assert c["jupyter_hooks"] == "True"                      # a JupyterLab save runs nbdev_clean (tests/test_jupyterlab_save.py)
+    assert c["jupyter_hooks"] == "True"                      # a JupyterLab save runs nbdev_clean (test_jupyterlab_save)
     assert (NBS / "index.ipynb").exists()                    # the docs site's front page
     # nbdev_docs/nbdev_prepare regenerate README.md from `readme_nb` when that notebook is newer; README.md is written by
     # hand (and tests/test_readme.py checks its tables), so `readme_nb` names no notebook and nbdev never overwrites it
@@ -47,7 +47,7 @@ def test_outputs_are_stable_and_small(nb):
 def test_every_teaching_chapter_shows_its_outputs(name):
     "A teaching chapter is committed executed: a reader sees its results without running it."
     cells = json.loads((NBS / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
-    assert any(c.get("outputs") for c in cells), f"{name} has no outputs: python tools/run_notebooks.py nbs/{name}.ipynb"
+    assert any(c.get("outputs") for c in cells), f"{name} has no outputs: run python tools/run_notebooks.py"
 
 
 def _copy_project(dst: Path):

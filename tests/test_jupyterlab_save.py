@@ -1,11 +1,12 @@
 """Opening a notebook in JupyterLab and saving it leaves `git status` clean.
 
-JupyterLab saves through jupyter_server's contents manager (`ContentsManager.save`), after writing into the notebook the
-metadata of the kernel it started (kernelspec display name "Python 3 (ipykernel)", a `language_info` block with the Python
-version). nbdev_clean writes the kernelspec's name as its display name and keeps no `language_info`, so the two cannot
-agree on the file; the README's setup runs `nbdev_install_hooks`, which makes jupyter_server run nbdev_clean on every save
-(`jupyter_hooks = True` in settings.ini). These tests do what JupyterLab does, in-process: the hook nbdev installs, a
-contents manager rooted at the repository (`jupyter lab`, the README's command), a real kernel's metadata, `.save()`, then ask git."""
+JupyterLab saves through jupyter_server's contents manager (`ContentsManager.save`), after writing into the notebook
+the metadata of the kernel it started (kernelspec display name "Python 3 (ipykernel)", a `language_info` block with the
+Python version). nbdev_clean writes the kernelspec's name as its display name and keeps no `language_info`, so the two
+cannot agree on the file; the README's setup runs `nbdev_install_hooks`, which makes jupyter_server run nbdev_clean on
+every save (`jupyter_hooks = True` in settings.ini). These tests do what JupyterLab does, in-process: the hook nbdev
+installs, a contents manager rooted at the repository (`jupyter lab`, the README's command), a real kernel's metadata,
+`.save()`, then ask git."""
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ def git(cwd, *args) -> str:
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     """A git repository holding this checkout's notebooks and settings as committed, the README's setup step
-    (`nbdev_install_hooks`, with HOME in tmp_path) done in it, and the contents manager `jupyter lab` would use there."""
+    (`nbdev_install_hooks`, with HOME in tmp_path) done in it, and the contents manager `jupyter lab` would use."""
     repo, home = tmp_path / "repo", tmp_path / "home"
     home.mkdir()
     for f in git(ROOT, "ls-files", "nbs", "settings.ini", ".gitignore", ".gitattributes", ".gitconfig").split("\n"):
@@ -91,7 +92,8 @@ def test_run_all_and_save_a_chapter_with_outputs_leaves_git_clean(lab):
     assert any(c.get("outputs") for c in nb.cells), f"{EXECUTED} is committed without outputs"
     env = os.environ.pop("MPLBACKEND", None)      # JupyterLab's kernel draws inline
     try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(repo / "nbs")}}).execute()
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(repo / "nbs")}}).execute()
     finally:
         if env is not None: os.environ["MPLBACKEND"] = env
     assert any(c.get("execution_count") for c in nb.cells)

@@ -5,17 +5,18 @@
     python tools/run_notebooks.py --list               # which chapters are teaching, which keep only their figures
     python tools/run_notebooks.py --format             # no execution: every notebook as JupyterLab would save it
 
-Each notebook runs top to bottom in a fresh `python3` kernel from its own folder (as JupyterLab's "Run All"), every cell
-included (`#| slow` ones too), after seeding `random`, numpy and torch with 0 (so random weights and inputs of cells
-without a seed of their own come out the same every time). What is written back into the notebook on disk (its sources and cell ids are kept):
+Each notebook runs top to bottom in a fresh `python3` kernel from its own folder (as JupyterLab's "Run All"), every
+cell included (`#| slow` ones too), after seeding `random`, numpy and torch with 0 (so random weights and inputs of
+cells without a seed of their own come out the same every time). What is written back into the notebook on disk (its
+sources and cell ids are kept):
 - a teaching chapter keeps the outputs of every code cell: printed results, tables, figures;
 - any other notebook (the software-engineering chapters, the index) keeps only the PNGs of cells tagged `figure`.
-Only stable output is kept, so that running the command again changes nothing in git: standard error is dropped (warnings,
-tqdm progress bars; tqdm is also switched off with `TQDM_DISABLE=1`), widget state, JavaScript and other rich types are
-dropped (text/plain, text/html, text/markdown and image/png stay), output metadata and execution counts are emptied, and
-printed wall times and speed-ups are masked ("0.41 s" becomes "… s", "(12.3×)" becomes "(…×)"). Then
-`nbdev_clean` runs on the notebook, so the result is what `nbdev_clean` and CI keep. `tests/test_docs.py` checks every
-committed notebook against `check_outputs` below (types, sizes, no execution counts).
+Only stable output is kept, so that running the command again changes nothing in git: standard error (warnings, tqdm's
+bars in a terminal; `TQDM_DISABLE=1` where a call does not choose), widgets (tqdm's bars in a notebook) with their text,
+JavaScript and other rich types are dropped (text/plain, text/html, text/markdown and image/png stay); output metadata
+and execution counts are emptied; printed wall times and speed-ups are masked ("0.41 s" becomes "… s", "(12.3×)"
+becomes "(…×)"). Then `nbdev_clean` runs on the notebook, so the result is what `nbdev_clean` and CI keep.
+`tests/test_docs.py` checks every committed notebook against `check_outputs` below (types, sizes, no execution counts).
 Figures are drawn by the inline backend at its default 72 dpi; keep figsize modest (each PNG at most MAX_PNG bytes)."""
 import argparse
 import base64
@@ -37,8 +38,9 @@ TEACHING = ("01_backbone", "02_mhsa", "03_eca", "04_rga", "05_fusion", "06_head"
             "10_data", "11_synthetic", "12_sampler", "13_transforms", "20_losses", "21_metrics", "22_rerank",
             "30_train", "31_evaluate")
 TAG = "figure"
+WIDGET = "application/vnd.jupyter.widget-view+json"
 KEEP = ("text/plain", "text/html", "text/markdown", "image/png")   # the MIME types a committed output may carry
-FIGURE = ("text/plain", "image/png")   # a figure cell's output outside the teaching chapters (as the inline backend sends)
+FIGURE = ("text/plain", "image/png")   # a figure cell's output outside the teaching chapters (the inline backend's)
 MAX_PNG = 100_000          # bytes of one PNG (decoded)
 MAX_TEXT = 20_000          # characters of one text output
 MAX_NB_OUTPUT = 600_000    # characters of output JSON in one notebook
@@ -74,11 +76,12 @@ def scrub(outputs: list, teaching: bool, figure: bool) -> list:
                     kept[-1]["text"] = _text("".join(kept[-1]["text"]) + "".join(_text(o["text"])))
                 else: kept.append({"output_type": "stream", "name": "stdout", "text": _text(o["text"])})
         elif kind in ("display_data", "execute_result"):
+            if WIDGET in o.get("data", {}): continue          # a widget (tqdm's bar): its text is a passing moment
             data = {k: (v.rstrip() if k == "image/png" else _text(v)) for k, v in o.get("data", {}).items()
                     if k in (KEEP if teaching else FIGURE if figure else ())}
             if not data or set(data) == {"text/plain"} and not teaching: continue
-            if kind == "execute_result": kept.append({"output_type": kind, "data": data, "metadata": {}, "execution_count": None})
-            else: kept.append({"output_type": kind, "data": data, "metadata": {}})
+            kept.append({"output_type": kind, "data": data, "metadata": {}})
+            if kind == "execute_result": kept[-1]["execution_count"] = None
         elif kind == "error":
             raise RuntimeError(f"{o.get('ename')}: {o.get('evalue')}")
     return kept
@@ -94,7 +97,8 @@ def check_outputs(nb: dict, name: str) -> list[str]:
         outs = c.get("outputs", [])
         if outs and not teaching and not is_figure(c): bad.append(f"{where}: output in a cell not tagged {TAG!r}")
         for o in outs:
-            if o.get("output_type") == "stream" and o.get("name") != "stdout": bad.append(f"{where}: {o.get('name')} stream")
+            if o.get("output_type") == "stream" and o.get("name") != "stdout":
+                bad.append(f"{where}: {o.get('name')} stream")
             if o.get("output_type") == "error": bad.append(f"{where}: an error output")
             if o.get("execution_count") is not None: bad.append(f"{where}: output execution count")
             if o.get("metadata"): bad.append(f"{where}: output metadata {sorted(o['metadata'])}")
@@ -112,8 +116,8 @@ def check_outputs(nb: dict, name: str) -> list[str]:
 
 # Run before the first cell: a chapter that draws untrained weights or random inputs without a seed of its own then
 # shows the same numbers and figures on every run of this command (in JupyterLab they differ from run to run).
-SEED = "import random as _r; _r.seed(0)\ntry:\n import numpy as _n; _n.random.seed(0); import torch as _t; _t.manual_seed(0)\n" \
-       "except ImportError: pass"
+SEED = ("import random as _r; _r.seed(0)\ntry:\n import numpy as _n; _n.random.seed(0)\n"
+        " import torch as _t; _t.manual_seed(0)\nexcept ImportError: pass")
 
 
 def execute(path: Path, timeout: int = 1800):
