@@ -15,7 +15,7 @@ Only stable output is kept, so that running the command again changes nothing in
 bars in a terminal; `TQDM_DISABLE=1` where a call does not choose), widgets (tqdm's bars in a notebook) with their text,
 JavaScript and other rich types are dropped (text/plain, text/html, text/markdown and image/png stay); output metadata
 and execution counts are emptied; printed wall times and speed-ups are masked ("0.41 s" becomes "… s", "(12.3×)"
-becomes "(…×)"). Then `nbdev_clean` runs on the notebook, so the result is what `nbdev_clean` and CI keep.
+becomes "(…×)"), and so are temporary folders ("/tmp/tmpa1b2c3d4/x" becomes "<tmp>/x"). Then `nbdev_clean` runs on the notebook, so the result is what `nbdev_clean` and CI keep.
 `tests/test_docs.py` checks every committed notebook against `check_outputs` below (types, sizes, no execution counts).
 Figures are drawn by the inline backend at its default 72 dpi; keep figsize modest (each PNG at most MAX_PNG bytes)."""
 import argparse
@@ -56,13 +56,15 @@ def is_figure(cell) -> bool:
 _addr = re.compile(r"( at 0x[0-9a-fA-F]+)(>)")
 # wall times and speed-ups a cell prints ("reference 0.412 s", "(12.3×)", "35 ms", "80.1 img/s"): they change with the
 # machine and its load, so the committed text shows "… s", "(…×)"
+# a temporary folder's path ("/tmp/tmpa1b2c3d4/data/market1501"): its random name as "<tmp>" ("<tmp>/data/market1501")
+_tmp = re.compile(r"[^\s()'\"]*[/\\]tmp[a-z0-9_]{8}(?![a-z0-9_])")
 _duration = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?=\s?(?:ms|µs|s|min|img/s|images/s|it/s)\b|×\))")
 
 
 def _text(x) -> list:
-    "An output's text as nbformat's list of lines, with object addresses (`<... at 0x7f...>`) and wall times masked."
+    "An output's text as nbformat's list of lines; object addresses, temporary folders and wall times masked."
     s = "".join(x) if isinstance(x, list) else str(x)
-    return _duration.sub("…", _addr.sub(r"\2", s)).splitlines(True)
+    return _duration.sub("…", _tmp.sub("<tmp>", _addr.sub(r"\2", s))).splitlines(True)
 
 
 def scrub(outputs: list, teaching: bool, figure: bool) -> list:
