@@ -1,7 +1,8 @@
-"""The notebooks as documents: every committed notebook carries the PNGs of its figure cells and nothing else (so JupyterLab
-and a code host show the figures, and diffs stay small), `nbdev_clean` leaves every notebook as committed, and nbdev's doc
-processing (`nbdev_proc_nbs`, the step of `nbdev_docs` before quarto renders the site) succeeds on every notebook.
-Re-render figures with `python tools/render_figures.py NOTEBOOK...`."""
+"""The notebooks as documents: every teaching chapter is committed with its outputs (printed results, tables,
+figures) and every other notebook with the PNGs of its figure cells only, all of them stable (no stderr, widget state,
+metadata or execution counts) and small, so JupyterLab, a code host and the book show them and diffs stay small;
+`nbdev_clean` leaves every notebook as committed; nbdev's doc processing (`nbdev_proc_nbs`, the step of `nbdev_docs`
+before quarto renders the site) succeeds on every notebook. Re-run the chapters with `python tools/run_notebooks.py [NOTEBOOK...]`."""
 import configparser
 import json
 import os
@@ -15,12 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from render_figures import check_outputs, is_figure  # noqa: E402
+from run_notebooks import TEACHING, check_outputs  # noqa: E402
 
 NBS = ROOT / "nbs"
 NOTEBOOKS = sorted(f for f in NBS.rglob("*.ipynb") if not any(s.startswith((".", "_")) for s in f.relative_to(NBS).parts))
 BIN = Path(sys.executable).parent
-MAX_NB_FIGURES = 400_000   # bytes of PNG output (base64) in one notebook
 
 
 def _cfg():
@@ -31,6 +31,7 @@ def test_settings_keep_figures_and_the_hand_written_readme():
     c = _cfg()
     assert c["clear_all"] == "False"                         # nbdev_clean keeps outputs...
     assert "tags" in c["allowed_cell_metadata_keys"].split()  # ...and the `figure` tag that marks the cells allowed to have them
+    assert c["jupyter_hooks"] == "True"                      # a JupyterLab save runs nbdev_clean (test_jupyterlab_save)
     assert (NBS / "index.ipynb").exists()                    # the docs site's front page
     # nbdev_docs/nbdev_prepare regenerate README.md from `readme_nb` when that notebook is newer; README.md is written by
     # hand (and tests/test_readme.py checks its tables), so `readme_nb` names no notebook and nbdev never overwrites it
@@ -38,11 +39,15 @@ def test_settings_keep_figures_and_the_hand_written_readme():
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: str(p.relative_to(NBS)))
-def test_outputs_only_in_figure_cells(nb):
-    d = json.loads(nb.read_text(encoding="utf-8"))
-    assert check_outputs(d, nb.name) == []
-    png = sum(len(o["data"]["image/png"]) for c in d["cells"] if is_figure(c) for o in c.get("outputs", []))
-    assert png <= MAX_NB_FIGURES, f"{nb.name}: {png} bytes of figures"
+def test_outputs_are_stable_and_small(nb):
+    assert check_outputs(json.loads(nb.read_text(encoding="utf-8")), nb.name) == []
+
+
+@pytest.mark.parametrize("name", TEACHING)
+def test_every_teaching_chapter_shows_its_outputs(name):
+    "A teaching chapter is committed executed: a reader sees its results without running it."
+    cells = json.loads((NBS / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+    assert any(c.get("outputs") for c in cells), f"{name} has no outputs: run python tools/run_notebooks.py"
 
 
 def _copy_project(dst: Path):
@@ -58,7 +63,7 @@ def test_nbdev_clean_leaves_every_notebook_unchanged(tmp_path):
     _copy_project(tmp_path)
     subprocess.run([str(BIN / "nbdev_clean")], cwd=tmp_path, check=True, capture_output=True)
     changed = [str(nb.relative_to(ROOT)) for nb in NOTEBOOKS if (tmp_path / nb.relative_to(ROOT)).read_bytes() != nb.read_bytes()]
-    assert not changed, f"nbdev_clean changes {changed}: run nbdev_clean (or tools/render_figures.py) on them"
+    assert not changed, f"nbdev_clean changes {changed}: run nbdev_clean (or tools/run_notebooks.py) on them"
 
 
 def test_nbdev_proc_nbs_processes_every_notebook(tmp_path):
