@@ -9,30 +9,16 @@ from .sampler import PKSampler
 from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
 
 # %% auto #0
-__all__ = ['DATA_PATHS', 'GPU_DATA_TO_DATA_PATH', 'resolve_data_path', 'data_path_from_gpu_data', 'renamed_message',
-           'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'eval_batches']
+__all__ = ['DATA_PATHS', 'resolve_data_path', 'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'eval_batches']
 
 # %% ../nbs/26_loader.ipynb #4c0a1d06
 DATA_PATHS = ("auto", "resident", "classic")      # the values of every `data_path` option
-GPU_DATA_TO_DATA_PATH = {"on": "resident", "off": "classic", "auto": "auto", True: "resident", False: "classic"}
 
 def resolve_data_path(data_path: str, device) -> str:
-    "'resident' or 'classic': the path `data_path` ('auto', 'resident' or 'classic') takes on `device` (auto: resident on CUDA)."
+    "'resident' or 'classic': the path `data_path` (auto, resident or classic) takes on `device` (auto: resident on CUDA)."
     if data_path not in DATA_PATHS: raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(DATA_PATHS)}")
     if data_path != "auto": return data_path
     return "resident" if torch.device(device).type == "cuda" else "classic"
-
-def data_path_from_gpu_data(value) -> str:
-    "The `data_path` value of an old `gpu_data` value (on → resident, off → classic, auto → auto)."
-    try: return GPU_DATA_TO_DATA_PATH[value]
-    except (KeyError, TypeError): raise ValueError(f"gpu_data={value!r}: expected on, off or auto") from None
-
-def renamed_message(gpu_data) -> str:
-    "The error for a config that still has the key `gpu_data`, with its translation."
-    try: new = data_path_from_gpu_data(gpu_data)
-    except ValueError: new = "resident | classic | auto"
-    return (f"the training parameter gpu_data was renamed data_path: write data_path: {new} instead of gpu_data: {gpu_data!r} "
-            "(on → resident, off → classic, auto → auto)")
 
 # %% ../nbs/26_loader.ipynb #e9ad511b
 def sample_seed(seed: int, epoch: int, batch: int, pos: int = 0) -> int:

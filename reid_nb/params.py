@@ -59,7 +59,8 @@ class Range:
 # %% ../nbs/24_params.ipynb #e11bb16b
 _POS, _NONNEG, _INT = "expected a positive integer", "expected an integer ≥ 0", dict(hi=INT_MAX, integer=True)
 RANGES = {
-    # TrainConfig (30_train): `reid-nb train` and `bench` options, params.yaml's train and overrides.VARIANT
+    # TrainConfig (30_train): `reid-nb train` and `bench` options, params.yaml's train and overrides.VARIANT (the options
+    # of each loss term in `losses` have their ranges with the term, in reid_nb.losses.LOSSES)
     "input_size": Range(32, **_INT, text="expected (H, W), each ≥ 32"),
     "width": Range(0, 16, lo_open=True, text="expected a positive trunk multiplier, at most 16 (64×width a multiple "
                    "of 8: 1.0, 0.5, 0.25, 0.125)"),
@@ -77,9 +78,6 @@ RANGES = {
     "flip_p": Range(0, 1, text="expected a probability in [0, 1]"),
     "pad": Range(-1, **_INT, text="expected pixels (≥ 0) or -1 (scaled to the input size)"),
     "erase_p": Range(0, 1, text="expected a probability in [0, 1]"),
-    "label_smoothing": Range(0, 1, hi_open=True, text="expected a value in [0, 1)"),
-    "margin": Range(0, text="expected a value ≥ 0"),
-    "center_weight": Range(0, text="expected a value ≥ 0"),
     "new_lr_mult": Range(0, lo_open=True, text="expected a positive number (1: the base rate)"),
     "num_workers": Range(0, 1024, integer=True, text="expected an integer from 0 to 1024"),
     "seed": Range(0, SEED_MAX, integer=True, text="expected an integer from 0 to 2^32 − 1 (what NumPy's and PyTorch's "
@@ -240,7 +238,6 @@ def read_params(path) -> dict:
     from reid_nb.data import DATASETS, register_custom_datasets
     from reid_nb.models import VARIANTS, register_variants
     from reid_nb.train import TrainConfig
-    from reid_nb.loader import renamed_message
     path = Path(path)
     doc = load_yaml(path)
     doc = {} if doc is None else doc
@@ -271,9 +268,6 @@ def read_params(path) -> dict:
                          "each dataset of eval_datasets, and the pipeline prepares only the datasets listed under "
                          "datasets; add them there")
     over = doc.get("overrides") or {}
-    for where, sec in [("train", doc.get("train") or {})] + [(f"overrides.{v}", o) for v, o in over.items()]:
-        if isinstance(sec, dict) and "gpu_data" in sec:
-            raise ValueError(f"{path}: {where}: " + renamed_message(sec["gpu_data"]))
     if set(doc.get("train") or {}) - set(fields):
         raise _known(f"training parameter(s) under train in {path}:", set(doc["train"]) - set(fields), fields)
     check_section(doc.get("train") or {}, f"{path}: train")

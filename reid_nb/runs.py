@@ -9,15 +9,16 @@ from pathlib import Path
 import torch
 from torch import nn
 from .core import atomic_write
-from .models import upgrade_config
-from .loader import data_path_from_gpu_data
-from .step import NonFiniteLoss
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUN_PATTERNS', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_FIELDS', 'save_checkpoint',
-           'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state', 'with_prefix',
-           'check_compatible', 'run_files', 'upgrade_train_config', 'setting_changes', 'plan_run', 'clear_run',
-           'Checkpointer', 'EpochLog', 'SeenSamples', 'params_digest']
+__all__ = ['RUN_FILES', 'RUN_PATTERNS', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_HEAD', 'LOG_TAIL', 'NonFiniteLoss',
+           'save_checkpoint', 'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state',
+           'with_prefix', 'check_compatible', 'run_files', 'setting_changes', 'plan_run', 'clear_run', 'Checkpointer',
+           'log_fields', 'EpochLog', 'SeenSamples', 'params_digest']
+
+# %% ../nbs/25_runs.ipynb #8c35a24d
+class NonFiniteLoss(FloatingPointError):
+    "Training diverged: a NaN or infinite loss or weight, or a loss past `diverge_factor` times the run's first one."
 
 # %% ../nbs/25_runs.ipynb #d547650e
 def save_checkpoint(path, model: nn.Module, optimizer=None, meta: dict | None = None, extra: dict | None = None):
@@ -43,7 +44,8 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("reid_nb", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
     return tensors, meta
 
 def read_meta(path) -> dict:
@@ -53,10 +55,11 @@ def read_meta(path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f"{path}: no checkpoint there")
     try:
         with safe_open(str(path), framework="pt") as f: return json.loads((f.metadata() or {}).get("reid_nb", "{}"))
-    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
 
 def all_finite(*objs) -> bool:
-    "Whether every floating-point tensor of the modules / optimisers `objs` (parameters, buffers, optimiser state) is finite."
+    "Whether every floating-point tensor of modules / optimisers `objs` (parameters, buffers, optimiser state) is finite."
     ts = []
     for o in objs:
         if isinstance(o, nn.Module): ts += [t for t in o.state_dict().values() if t.is_floating_point()]
@@ -72,9 +75,9 @@ def restore_optimizer(optimizer, tensors: dict, meta: dict):
         state.setdefault(int(i), {})[name] = v
     saved, now = meta["optim_param_groups"], optimizer.param_groups
     if len(saved) != len(now) or any(len(a["params"]) != len(b["params"]) for a, b in zip(saved, now)):
-        raise ValueError(f"the checkpoint's optimiser has parameter groups of {[len(g['params']) for g in saved]} tensors, this run's "
-                         f"{[len(g['params']) for g in now]} (with pretrained weights the new layers have a group of their own): "
-                         "it was written by another setting or another version; start without --resume")
+        raise ValueError(f"the checkpoint's optimiser has parameter groups of {[len(g['params']) for g in saved]} tensors, "
+                         f"this run's {[len(g['params']) for g in now]} (with pretrained weights the new layers have a "
+                         "group of their own): it was written by another setting or another version; start without --resume")
     mults = [g.get("lr_mult", 1.0) for g in now]
     optimizer.load_state_dict({"state": state, "param_groups": saved})
     for g, m in zip(optimizer.param_groups, mults): g["lr_mult"] = m     # this run's multipliers, not the saved ones
@@ -84,7 +87,7 @@ def model_state(tensors: dict) -> dict:
     return with_prefix(tensors, "model.")
 
 def with_prefix(tensors: dict, prefix: str) -> dict:
-    "The entries of `tensors` whose key starts with `prefix`, the prefix removed (`model.`, `criterion.`, `optim.`)."
+    "The entries of `tensors` whose key starts with `prefix`, without it (`model.`, `criterion.`, `optim.`)."
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 def check_compatible(meta: dict, variant: str, num_classes: int, model_config: dict, path=""):
@@ -93,9 +96,10 @@ def check_compatible(meta: dict, variant: str, num_classes: int, model_config: d
         raise ValueError(f"{path}: checkpoint is for variant {meta.get('variant')!r}, not {variant!r}")
     if meta.get("num_classes") != num_classes:
         raise ValueError(f"{path}: checkpoint has {meta.get('num_classes')} classes, the dataset has {num_classes}")
-    saved = upgrade_config(meta.get("model_config", {}))          # a run saved before attention was chosen by name
+    saved = meta.get("model_config", {})
     diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
-    if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+    if diff: raise ValueError(f"{path}: checkpoint's model config differs: "
+                              + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
 
 # %% ../nbs/25_runs.ipynb #663d76d4
 RUN_FILES = ("last.safetensors", "model.safetensors", "config.json", "log.csv", "train_summary.json", "eval_summary.json",
@@ -110,15 +114,9 @@ def run_files(out) -> list[str]:
     out = Path(out)
     return [f for f in RUN_FILES if (out / f).exists()] + sorted(p.name for pat in RUN_PATTERNS for p in out.glob(pat))
 
-def upgrade_train_config(d: dict) -> dict:
-    "A saved `train_config` with an old `gpu_data` key read as today's `data_path` (for comparing a checkpoint's settings)."
-    d = dict(d or {})
-    if "gpu_data" in d: d.setdefault("data_path", data_path_from_gpu_data(d.pop("gpu_data")))
-    return d
-
 def setting_changes(meta: dict, cfg, fingerprint: str | None = None) -> dict:
     "`{setting: (in the checkpoint, now)}` for each setting of `TrainConfig` `cfg` that shapes the model and differs from checkpoint `meta`'s, and the dataset."
-    saved, now = upgrade_train_config(meta.get("train_config")), cfg.to_dict()
+    saved, now = meta.get("train_config") or {}, cfg.to_dict()
     diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL and saved.get(k) != v}
     was = meta.get("dataset_fingerprint")
     if fingerprint and was and was != fingerprint: diff["dataset (fingerprint)"] = (was[:12], fingerprint[:12])
@@ -203,19 +201,23 @@ class Checkpointer:
         return meta
 
 # %% ../nbs/25_runs.ipynb #c83c4eda
-LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
+LOG_HEAD, LOG_TAIL = ("epoch", "lr", "loss"), ("acc", "images", "seconds", "images_per_s")
+
+def log_fields(terms) -> tuple[str, ...]:
+    "The columns of `log.csv` for a run whose loss terms are `terms` (their names, in the order the loss sums them)."
+    return (*LOG_HEAD, *terms, *LOG_TAIL)
 
 class EpochLog:
-    "The run's per-epoch rows: kept in the checkpoint's metadata, written to `log.csv` and printed by rank 0."
-    def __init__(self, path, title: str = "", epochs: int = 0, rows=(), rank: int = 0):
-        self.path, self.title, self.epochs, self.rows, self.rank = Path(path), title, epochs, list(rows), rank
+    "The run's per-epoch rows (loss terms `terms`): kept in the checkpoint's metadata, written to `log.csv`, printed."
+    def __init__(self, path, terms=("ce", "triplet"), title: str = "", epochs: int = 0, rows=(), rank: int = 0):
+        self.path, self.terms, self.title, self.epochs = Path(path), tuple(terms), title, epochs
+        self.rows, self.rank = list(rows), rank
 
     def add(self, epoch: int, lr: float, r: dict, world: int = 1) -> dict:
         "Append the row of finished `epoch` from `RunningStats.read()` sums `r` (this rank's images; `world` ranks)."
         m = max(r["images"], 1)
-        row = dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
-                   acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
-                   images_per_s=r["images"] * world / max(r["seconds"], 1e-9))
+        row = dict(epoch=epoch, lr=lr, loss=r["loss"] / m, **{t: r[t] / m for t in self.terms}, acc=r["correct"] / m,
+                   images=r["images"] * world, seconds=r["seconds"], images_per_s=r["images"] * world / max(r["seconds"], 1e-9))
         self.rows.append(row)
         return row
 
@@ -223,11 +225,12 @@ class EpochLog:
         "Rank 0: print the last row, rewrite `log.csv` (atomically) with every row."
         if self.rank != 0 or not self.rows: return
         r = self.rows[-1]
-        print(f"{self.title} epoch {r['epoch'] + 1}/{self.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
+        terms = ", ".join(f"{t} {r[t]:.4f}" for t in self.terms)
+        print(f"{self.title} epoch {r['epoch'] + 1}/{self.epochs}: loss {r['loss']:.4f} ({terms}) "
               f"acc {r['acc']:.3f} lr {r['lr']:.2e} {r['images_per_s']:.1f} img/s")
         def w(tmp):
             with open(tmp, "w", newline="") as f:
-                wr = csv.DictWriter(f, fieldnames=LOG_FIELDS); wr.writeheader(); wr.writerows(self.rows)
+                wr = csv.DictWriter(f, fieldnames=log_fields(self.terms)); wr.writeheader(); wr.writerows(self.rows)
         atomic_write(self.path, w)
 
 # %% ../nbs/25_runs.ipynb #e9106002

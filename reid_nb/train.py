@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections, contextlib, json, math, signal, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from types import SimpleNamespace
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -19,12 +18,13 @@ from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
 from .provenance import environment, without_timings
 from .sampler import PKSampler
-from .loader import DATA_PATHS, TrainBatches, renamed_message
-from .step import TrainStep, RunningStats, set_lr, build_training
+from .losses import DEFAULT_LOSSES, check_losses
+from .loader import DATA_PATHS, TrainBatches
+from .step import TrainStep, Training, RunningStats, set_lr, build_training
 from .runs import plan_run, clear_run, Checkpointer, EpochLog, SeenSamples
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_at', 'Start', 'fit', 'setup_run', 'finish_run']
+__all__ = ['TrainConfig', 'lr_at', 'Start', 'fit', 'Run', 'setup_run', 'finish_run']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -49,10 +49,7 @@ class TrainConfig:
     flip_p: float = 0.5                        # horizontal flip probability
     pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height (BoT's 10 at 256×128)
     erase_p: float = 0.5                       # random-erasing probability
-    label_smoothing: float = 0.1               # ε of the label-smoothed cross-entropy
-    margin: float = 0.3                        # margin of the batch-hard triplet loss
-    soft_margin: bool = False                  # the soft-margin triplet loss log(1 + exp(d_ap − d_an)) instead of the margin
-    center_weight: float = 0.0                 # 0 disables the center loss
+    losses: dict | str = DEFAULT_LOSSES        # loss terms by name and weight, e.g. 'ce: 1, triplet: 1, circle: 1' (nbs/20_losses)
     pretrained: str | None = None              # None | "imagenet" | path | URL ("{backbone}" in it: resnet50_ibn_a or resnet50)
     new_lr_mult: float = 1.0                   # learning-rate multiplier of the layers not in the pretrained checkpoint
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
@@ -84,6 +81,7 @@ class TrainConfig:
         from reid_nb.params import check_ranges     # every number within its range: RANGES (24_params)
         check_ranges(self)
         check_width(self.width)
+        self.losses = check_losses(self.losses)
         if self.new_lr_mult != 1 and self.pretrained is None:
             raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but pretrained is None "
                              "(from scratch every layer is new): set pretrained or leave new_lr_mult at 1")
@@ -91,7 +89,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         "Build from a mapping (e.g. a section of params.yaml); unknown keys are an error listing the known ones."
-        if "gpu_data" in d: raise ValueError(renamed_message(d["gpu_data"]))
         return from_mapping(cls, d, "training parameter")
 
     @property
@@ -148,7 +145,8 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                 lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
                 set_lr(run.opt, lr); run.net.train(); run.criterion.train()
                 first, n_batches = start.batch if resumed else 0, len(run.data.epoch_batches(epoch))
-                stats = RunningStats(device, start.running if resumed else None, world, ref, cfg.diverge_factor)
+                stats = RunningStats(device, run.criterion.names, start.running if resumed else None, world, ref,
+                                     cfg.diverge_factor)
                 bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}",
                            disable=not progress or rank != 0, leave=False)
                 t0 = time.time()
@@ -200,17 +198,47 @@ def _show(bar, r: dict, world: int):
     bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['correct'] / n:.3f}", img_s=f"{r['images'] * world / max(r['seconds'], 1e-9):.1f}")
 
 # %% ../nbs/30_train.ipynb #5db1a0e1
-def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, manifest, rank: int, world: int, device) -> SimpleNamespace:
-    """Everything `fit`'s loop needs, built in a fixed order (the random initialisation of the weights depends on it): the seeds,
-    the checked images, the batches, the model, loss and optimiser, the run folder's plan, the checkpointer (restored, or the
-    starting point saved), the epoch log, and the step (compiled and wrapped in DDP when asked)."""
-    out = Path(cfg.out)
+@dataclass
+class Run:
+    "Everything `fit`'s loop needs, built by `setup_run`."
+    ds: object                  # the dataset (`10_data`'s `load_dataset`), its images checked
+    data: TrainBatches          # its training batches on the device
+    training: Training          # model, loss, optimiser, autocast dtype, grad scaler, memory format (`27_step`)
+    net: nn.Module              # the model as trained: compiled and / or wrapped in DDP when asked
+    step: TrainStep
+    ckpt: Checkpointer
+    log: EpochLog
+    start: Start
+    meta: dict                  # what every checkpoint and config.json record
+    new: dict | None            # the layers a pretrained checkpoint lacked (None: trained from scratch)
+    env: dict                   # code, libraries, device, data (`29_provenance`)
+
+    @property
+    def model(self) -> nn.Module: return self.training.model
+    @property
+    def criterion(self): return self.training.criterion
+    @property
+    def opt(self): return self.training.opt
+    @property
+    def dtype(self): return self.training.dtype
+
+# %% ../nbs/30_train.ipynb #07b32333
+def _seed(cfg: TrainConfig, device):
+    "Threads, the seed, and deterministic algorithms (with `cfg.deterministic`) before anything is drawn."
     if device.type == "cpu": configure_cpu()
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda": torch.backends.cudnn.benchmark = False
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
+
+def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, manifest, rank: int, world: int,
+              device) -> Run:
+    """Everything `fit`'s loop needs, built in a fixed order (the random initialisation of the weights depends on it):
+    the seeds, the checked images, the batches, the model, loss and optimiser, the run folder's plan, the checkpointer
+    (restored, or the starting point saved), the epoch log, and the step (compiled and wrapped in DDP when asked)."""
+    out = Path(cfg.out)
+    _seed(cfg, device)
     ds = load_dataset(cfg.dataset, cfg.data_root)
     check_outside(ds, out, "out")                              # a run folder inside the dataset's folder: refused
     hashes = image_hashes(ds) if rank == 0 else None          # every image's bytes, read once (rank 0)
@@ -218,31 +246,36 @@ def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, 
     if manifest is not None and rank == 0: check_manifest(hashes, manifest, fp, ds)     # images, labels, dataset name
     env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
-    data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids, progress=progress and rank == 0)
-    model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device, lr=lr_at(0, cfg))
-    plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, model.config, fp, allow_changes) if rank == 0 else None)
+    data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids,
+                        progress=progress and rank == 0)
+    t = build_training(cfg, ds.num_train_pids, device, lr=lr_at(0, cfg))
+    plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, t.model.config, fp, allow_changes) if rank == 0 else None)
     if rank == 0:
         clear_run(out, plan["clear"])
         if plan["note"]: print(plan["note"])
     barrier()
-    new = model.describe_new()                                              # None when trained from scratch
-    if rank == 0 and new is not None: _print_new(model, new, cfg.new_lr_mult)
-    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
+    new = t.model.describe_new()                                            # None when trained from scratch
+    if rank == 0 and new is not None: _print_new(t.model, new, cfg.new_lr_mult)
+    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=t.model.config, train_config=cfg.to_dict(),
                 dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
-    ckpt = Checkpointer(out / "last.safetensors", model, opt, criterion, meta, rank)
-    log = EpochLog(out / "log.csv", cfg.variant, cfg.epochs, rank=rank)
-    if plan["start"] == "resume":
-        saved = ckpt.restore()
-        start = Start(saved["epoch"], saved["batch"], saved.get("running"), saved.get("loss_ref"))
-        log.rows = [r for r in saved.get("log", []) if r["epoch"] < start.epoch]    # the finished epochs
-    else:
-        start = Start()
-        ckpt.save(0, 0, None, log.rows)                   # the starting point: a good checkpoint exists before the first step
-    net = torch.compile(model) if cfg.compile else model
+    ckpt = Checkpointer(out / "last.safetensors", t.model, t.opt, t.criterion, meta, rank)
+    log = EpochLog(out / "log.csv", t.criterion.names, cfg.variant, cfg.epochs, rank=rank)
+    start = _start(ckpt, log, plan)
+    net = torch.compile(t.model) if cfg.compile else t.model
     if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return SimpleNamespace(ds=ds, data=data, model=model, net=net, criterion=criterion, opt=opt, dtype=dtype, ckpt=ckpt, log=log,
-                           start=start, meta=meta, new=new, env=env, step=TrainStep(net, criterion, opt, device, dtype, cl, world, scaler))
+    return Run(ds, data, t, net, t.step(net, device, world), ckpt, log, start, meta, new, env)
 
+def _start(ckpt: Checkpointer, log: EpochLog, plan: dict) -> Start:
+    "Where the loop starts: the checkpoint's position (restored, with its finished epochs' log rows) or the beginning."
+    if plan["start"] != "resume":
+        ckpt.save(0, 0, None, log.rows)                   # the starting point: a good checkpoint exists before the first step
+        return Start()
+    saved = ckpt.restore()
+    start = Start(saved["epoch"], saved["batch"], saved.get("running"), saved.get("loss_ref"))
+    log.rows = [r for r in saved.get("log", []) if r["epoch"] < start.epoch]    # the finished epochs
+    return start
+
+# %% ../nbs/30_train.ipynb #ae51d69d
 def _print_new(model, new: dict, mult: float):
     "The log line of a pretrained trunk: what came from the checkpoint, what is new, and the new layers' rate multiplier."
     src, kinds = model.pretrained_from, collections.Counter(new["modules"].values())
@@ -251,20 +284,23 @@ def _print_new(model, new: dict, mult: float):
           f"not in the checkpoint: {new['tensors']} tensors, {new['parameters']:,} parameters in "
           + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {mult:g})")
 
-def finish_run(cfg: TrainConfig, run, seen, seconds: float, rank: int, world: int, device) -> dict:
-    "Write the final weights, `config.json` and `train_summary.json` (rank 0), and `ranks/` when `seen` was recorded; the summary."
+def finish_run(cfg: TrainConfig, run: Run, seen, seconds: float, rank: int, world: int, device) -> dict:
+    "Write the final weights, `config.json`, `train_summary.json` (rank 0), `ranks/` when `seen` was recorded; the summary."
     out, rows = Path(cfg.out), run.log.rows
-    summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world, device=str(device),
-                   amp=str(run.dtype).replace("torch.", "") if run.dtype else "off", data_path=run.data.data_path,
-                   num_classes=run.ds.num_train_pids, seconds=seconds, final=rows[-1] if rows else None,
-                   pretrained=run.model.pretrained_from, new_parameters=None if run.new is None else dict(run.new, lr_mult=cfg.new_lr_mult),
+    new = None if run.new is None else dict(run.new, lr_mult=cfg.new_lr_mult)
+    summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world,
+                   device=str(device), amp=str(run.dtype).replace("torch.", "") if run.dtype else "off",
+                   data_path=run.data.data_path, num_classes=run.ds.num_train_pids, seconds=seconds,
+                   final=rows[-1] if rows else None, pretrained=run.model.pretrained_from, new_parameters=new,
                    environment=run.env)
     if seen is not None: seen.write(out, run.model, rank, world)
     if rank == 0:
         from safetensors.torch import save_file
-        atomic_write(out / "model.safetensors", lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}, str(tmp)))
+        weights = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
         # config.json (a DVC output) holds no wall times, so that two runs of one commit on one machine write it byte for byte
-        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(run.meta, summary=without_timings(summary)), indent=2)))
+        config = json.dumps(dict(run.meta, summary=without_timings(summary)), indent=2)
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(config))
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     barrier()
     return summary
