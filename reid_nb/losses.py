@@ -60,12 +60,13 @@ class CenterLoss(nn.Module):
 
     def forward(self, logits, feat: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         if feat.ndim != 2 or feat.shape[1] != self.centers.shape[1]:
-            raise ValueError(f"CenterLoss expected features of shape (B, {self.centers.shape[1]}), got {tuple(feat.shape)}")
+            raise ValueError(f"CenterLoss expected features of shape (B, {self.centers.shape[1]}), "
+                             f"got {tuple(feat.shape)}")
         return (feat - self.centers[pids]).pow(2).sum(1).mean()
 
 # %% ../nbs/20_losses.ipynb #39d4ce87
 def circle_loss(feat: torch.Tensor, pids: torch.Tensor, m: float = 0.25, gamma: float = 128.0) -> torch.Tensor:
-    "Pair-wise circle loss (Sun et al. 2020, Eq. 6) with every sample an anchor, over the cosine similarities of `feat`."
+    "Pair-wise circle loss (Sun et al. 2020, Eq. 6), every sample an anchor, over the cosine similarities of `feat`."
     f = F.normalize(feat, dim=1)
     s = f @ f.T
     same = pids[:, None] == pids[None, :]
@@ -75,7 +76,7 @@ def circle_loss(feat: torch.Tensor, pids: torch.Tensor, m: float = 0.25, gamma: 
     a_n = (s.detach() + m).clamp(min=0)                    # α_n = [s_n − O_n]_+, O_n = −m
     lp = torch.where(pos & ok[:, None], -gamma * a_p * (s - (1 - m)), -math.inf)    # Δ_p = 1 − m
     ln = torch.where(~same & ok[:, None], gamma * a_n * (s - m), -math.inf)         # Δ_n = m
-    lp, ln = torch.where(ok[:, None], lp, 0.0), torch.where(ok[:, None], ln, 0.0)    # rows left out: finite, no gradient
+    lp, ln = torch.where(ok[:, None], lp, 0.0), torch.where(ok[:, None], ln, 0.0)    # rows left out: finite, no grad
     per = F.softplus(torch.logsumexp(lp, 1) + torch.logsumexp(ln, 1))
     return torch.where(ok, per, 0.0).sum() / ok.sum().clamp(min=1)
 
@@ -90,7 +91,7 @@ class LossTerm:
 
     @property
     def defaults(self) -> dict:
-        "The options and their defaults: `fn`'s keyword arguments after `(logits, feat, pids)` (a class: after `(num_classes, feat_dim)`)."
+        "The options and their defaults: `fn`'s keyword arguments after `(logits, feat, pids)` (a class: `(C, D)`)."
         ps = list(inspect.signature(self.fn).parameters.values())[2 if isinstance(self.fn, type) else 3:]
         if any(p.default is p.empty for p in ps):
             raise ValueError(f"loss term {self.name!r}: every option needs a default, {[p.name for p in ps]}")
@@ -149,7 +150,7 @@ def _import(module: str, ref: str):
     return mod
 
 def loss_term(name: str, where: str = "losses") -> LossTerm:
-    "The `LossTerm` called `name`: an entry of `LOSSES`, or your own `'file.py:attr'` / `'module:attr'` (imported once)."
+    "The `LossTerm` called `name`: an entry of `LOSSES`, or your own `'file.py:attr'` / `'module:attr'`, imported once."
     if name in LOSSES: return LOSSES[name]
     if not isinstance(name, str) or ":" not in name:
         raise ValueError(f"{where}: unknown loss term {name!r}; known: {', '.join(LOSSES)} "
@@ -185,8 +186,9 @@ def _option(key: str, v, default, rng: Range | None):
 
 # %% ../nbs/20_losses.ipynb #3c07670b
 def _parse(text: str, where: str) -> dict:
-    "A `losses` setting written as text (the command line): 'ce: 1, triplet: 1' or '{ce: 1, circle: {weight: 1, m: 0.3}}'."
-    bad = ValueError(f"{where}={text!r}: expected a mapping of loss terms to weights, e.g. 'ce: 1, triplet: 1, circle: 1'")
+    "A `losses` setting written as text (the command line): 'ce: 1, triplet: 1' or '{ce: 1, circle: {m: 0.3}}'."
+    bad = ValueError(f"{where}={text!r}: expected a mapping of loss terms to weights, "
+                     "e.g. 'ce: 1, triplet: 1, circle: 1'")
     t = text.strip()
     if len(t) > 4096: raise bad
     try: v = yaml.safe_load(t if t.startswith("{") else "{" + t + "}")
@@ -205,7 +207,8 @@ def check_losses(spec, where: str = "losses") -> dict:
         term, opts = loss_term(name, where), dict(v) if isinstance(v, dict) else {"weight": v}
         if set(opts) - {"weight", *term.defaults}:
             unknown = ", ".join(map(repr, sorted(map(str, set(opts) - {"weight", *term.defaults}))))
-            raise ValueError(f"{where}.{name}: unknown option(s) {unknown}; known: {', '.join(['weight', *term.defaults])}")
+            known = ", ".join(["weight", *term.defaults])
+            raise ValueError(f"{where}.{name}: unknown option(s) {unknown}; known: {known}")
         out[name] = {"weight": _option(f"{where}.{name}.weight", opts.get("weight", term.weight), 1.0, WEIGHT)}
         for k, default in term.defaults.items():
             out[name][k] = _option(f"{where}.{name}.{k}", opts.get(k, default), default, term.ranges.get(k))
@@ -237,7 +240,8 @@ class ReIDLoss(nn.Module):
         if len(pids) != len(logits) or len(feat) != len(logits):
             raise ValueError(f"batch sizes differ: logits {len(logits)}, feat {len(feat)}, pids {len(pids)}")
         if self.check_labels and len(pids) and (int(pids.min()) < 0 or int(pids.max()) >= self.num_classes):
-            raise ValueError(f"pids must lie in [0, {self.num_classes}), got values in [{int(pids.min())}, {int(pids.max())}]")
+            raise ValueError(f"pids must lie in [0, {self.num_classes}), "
+                             f"got values in [{int(pids.min())}, {int(pids.max())}]")
         total, parts = None, {}
         for name, w, fn in self.terms:
             v = fn(logits, feat, pids)

@@ -21,9 +21,9 @@ __all__ = ['RunningStats', 'TrainStep', 'param_groups', 'set_lr', 'Training', 'b
 
 # %% ../nbs/27_step.ipynb #c83c4eda
 class RunningStats:
-    """An epoch's running sums (the loss, each loss term `terms` by name, correct predictions), the first non-finite loss
-    and the first loss past `diverge_factor` × the run's first loss (`ref`), kept on the training device. `add` queues a
-    few tensor operations; `check` and `read` each wait for the device once."""
+    """An epoch's running sums (the loss, each loss term `terms` by name, correct predictions), the first non-finite
+    loss and the first loss past `diverge_factor` × the run's first loss (`ref`), kept on the training device. `add`
+    queues a few tensor operations; `check` and `read` each wait for the device once."""
     def __init__(self, device: torch.device, terms: tuple = (), state: dict | None = None, world: int = 1,
                  ref: float | None = None, diverge_factor: float = 0.0):
         self.device, self.world, self.factor = device, world, float(diverge_factor)
@@ -42,40 +42,43 @@ class RunningStats:
         correct = (logits.detach().argmax(1) == y).sum().double()
         self.sums += torch.cat([vals, correct[None]])
         self.ref = torch.where(torch.isnan(self.ref), loss, self.ref)
-        bad = torch.stack([~torch.isfinite(loss), (loss > self.factor * self.ref) & (self.factor > 0)]) & (self.first_bad < 0)
+        grown = (loss > self.factor * self.ref) & (self.factor > 0)
+        bad = torch.stack([~torch.isfinite(loss), grown]) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, batch, self.first_bad)
         self.bad_loss = torch.where(bad, loss, self.bad_loss)
         self.images += n
 
     def check(self, epoch: int, what: str):
-        "Raise `NonFiniteLoss` if any rank has seen a non-finite or a diverged loss (one read; all ranks call it together)."
+        "Raise `NonFiniteLoss` if any rank saw a non-finite or a diverged loss (one read; all ranks call it together)."
         bad = self.first_bad.clone()
         if self.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         nonfinite, diverged = bad.tolist()
         if nonfinite >= 0:
-            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss[0])}) at epoch {epoch + 1}, batch {nonfinite + 1}: "
-                                f"training stopped; {what}")
+            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss[0])}) at epoch {epoch + 1}, "
+                                f"batch {nonfinite + 1}: training stopped; {what}")
         if diverged >= 0:
-            raise NonFiniteLoss(f"the loss diverged: {float(self.bad_loss[1]):.4g} at epoch {epoch + 1}, batch {diverged + 1}, "
-                                f"more than {self.factor:g}× the run's first loss ({float(self.ref):.4g}; "
-                                f"train.diverge_factor): training stopped; {what}")
+            raise NonFiniteLoss(f"the loss diverged: {float(self.bad_loss[1]):.4g} at epoch {epoch + 1}, "
+                                f"batch {diverged + 1}, more than {self.factor:g}× the run's first loss "
+                                f"({float(self.ref):.4g}; train.diverge_factor): training stopped; {what}")
 
     def read(self) -> dict:
         "The sums as a dict of numbers (what a checkpoint stores as `running`), and the run's first loss as `loss_ref`."
         s = torch.cat([self.sums, self.ref.double()[None]]).tolist()
         ref = None if math.isnan(s[-1]) else s[-1]
-        return dict(zip(self.keys, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds, loss_ref=ref)
+        return dict(zip(self.keys, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds,
+                    loss_ref=ref)
 
 # %% ../nbs/27_step.ipynb #773ed2a6
 class TrainStep:
     "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
-    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1, scaler=None):
+    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1,
+                 scaler=None):
         self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype
         self.channels_last, self.world = channels_last, world
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
 
     def __call__(self, x, y):
-        "Returns `(loss, parts, logits)`, device tensors; whether the loss was finite is the caller's to check (`RunningStats`)."
+        "`(loss, parts, logits)`, device tensors; the caller checks that the loss was finite (`RunningStats`)."
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits, feat = self.net(x)
@@ -83,7 +86,7 @@ class TrainStep:
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.world > 1:
-            for p in self.criterion.parameters():   # the center loss's centres live outside DDP: average their gradients here
+            for p in self.criterion.parameters():   # a loss's parameters (centres) live outside DDP: average grads here
                 if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
         self.scaler.step(self.opt); self.scaler.update()
         return loss, parts, logits
@@ -105,7 +108,7 @@ def set_lr(opt, lr: float):
 # %% ../nbs/27_step.ipynb #82b56ac6
 @dataclass
 class Training:
-    "What `fit` trains with (and `reid-nb bench` times): model, loss, optimiser, autocast dtype, grad scaler, memory format."
+    "What `fit` trains with (and `reid-nb bench` times): model, loss, optimiser, autocast dtype, scaler, memory format."
     model: nn.Module
     criterion: ReIDLoss
     opt: torch.optim.Optimizer
@@ -117,9 +120,10 @@ class Training:
         "The `TrainStep` of `net` (the model, or its compiled / DDP wrapper) with this loss and optimiser."
         return TrainStep(net, self.criterion, self.opt, device, self.dtype, self.channels_last, world, self.scaler)
 
-def build_training(cfg, num_classes: int, device: torch.device, lr: float | None = None, fused: bool = True) -> Training:
-    """The `Training` of `TrainConfig` `cfg` on `device`, the optimiser's rate set to `lr` (default `cfg.lr`). The labels
-    are checked by the data path, so the loss does not check them again."""
+def build_training(cfg, num_classes: int, device: torch.device, lr: float | None = None,
+                   fused: bool = True) -> Training:
+    """The `Training` of `TrainConfig` `cfg` on `device`, the optimiser's rate set to `lr` (default `cfg.lr`). The
+    labels are checked by the data path, so the loss does not check them again."""
     lr = cfg.lr if lr is None else lr
     model = build_model(cfg.variant, num_classes, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained)
     model = model.to(device)
@@ -135,7 +139,7 @@ def build_training(cfg, num_classes: int, device: torch.device, lr: float | None
 
 # %% ../nbs/27_step.ipynb #e119b451
 class HostReads(TorchFunctionMode):
-    "Count the tensor operations inside the `with` block that make the host wait for the device (see `READS`, `DATA_SHAPED`)."
+    "Count the tensor operations in the `with` block that make the host wait for the device (`READS`, `DATA_SHAPED`)."
     READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__format__"}
     DATA_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}
 
@@ -145,14 +149,16 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in self.READS or name in self.DATA_SHAPED or self._to_host(name, args, kwargs) or self._mask_index(name, args):
+        if (name in self.READS or name in self.DATA_SHAPED or self._to_host(name, args, kwargs)
+                or self._mask_index(name, args)):
             self.calls[name] += 1
         return func(*args, **(kwargs or {}))
 
     @staticmethod
     def _to_host(name, args, kwargs) -> bool:
         "A copy of a non-CPU tensor to the CPU."
-        if name not in ("cpu", "to") or not args or not isinstance(args[0], torch.Tensor) or args[0].device.type == "cpu": return False
+        if name not in ("cpu", "to") or not args or not isinstance(args[0], torch.Tensor): return False
+        if args[0].device.type == "cpu": return False
         if name == "cpu": return True
         target = [a for a in list(args[1:]) + [(kwargs or {}).get("device")] if isinstance(a, (str, torch.device))]
         return any(torch.device(t).type == "cpu" for t in target)

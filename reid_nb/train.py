@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
-                          broadcast, check_fields, from_mapping, Interrupted, stop_on_signals, deferred_signals,
-                          stop_requested, interrupted)
+from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed,
+                          barrier, broadcast, check_fields, from_mapping, Interrupted, stop_on_signals,
+                          deferred_signals, stop_requested, interrupted)
 from .backbone import check_width
 from .models import VARIANTS
 from .data import load_dataset, image_hashes, fingerprint_of, check_manifest, check_outside
@@ -33,9 +33,9 @@ class TrainConfig:
     variant: str = "full"                      # a key of reid_nb.models.VARIANTS
     dataset: str = "synthetic"                 # market1501 | dukemtmc | synthetic
     data_root: str = "data"                    # folder that holds the dataset folders / archives
-    out: str = "runs/{variant}-{dataset}"      # run folder: checkpoints, log, final weights ({variant}, {dataset}, {seed} filled in)
+    out: str = "runs/{variant}-{dataset}"  # run folder: checkpoints, log, weights ({variant}, {dataset}, {seed} filled)
     input_size: tuple = (128, 64)              # H, W fed to the network
-    width: float = 1.0                         # trunk channel multiplier (1: the papers; 0.25: the CPU profile's slim trunk)
+    width: float = 1.0                         # trunk channel multiplier (1: the papers; 0.25: the CPU profile's trunk)
     epochs: int = 8                            # training epochs
     P: int = 16                                # identities per batch
     K: int = 4                                 # images per identity
@@ -47,44 +47,48 @@ class TrainConfig:
     milestones: tuple = (40, 70)               # epochs where a step schedule multiplies the rate by gamma
     gamma: float = 0.1                         # the factor a step schedule multiplies the rate by at each milestone
     flip_p: float = 0.5                        # horizontal flip probability
-    pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height (BoT's 10 at 256×128)
+    pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height
     erase_p: float = 0.5                       # random-erasing probability
-    losses: dict | str = DEFAULT_LOSSES        # loss terms by name and weight, e.g. 'ce: 1, triplet: 1, circle: 1' (nbs/20_losses)
-    pretrained: str | None = None              # None | "imagenet" | path | URL ("{backbone}" in it: resnet50_ibn_a or resnet50)
+    losses: dict | str = DEFAULT_LOSSES        # loss terms by name and weight, e.g. 'ce: 1, triplet: 1, circle: 1'
+    pretrained: str | None = None  # None | "imagenet" | path | URL ({backbone} in it: resnet50_ibn_a, resnet50)
     new_lr_mult: float = 1.0                   # learning-rate multiplier of the layers not in the pretrained checkpoint
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                          # auto (bf16 on CUDA where supported, else fp16; off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; CPU: off) | bf16 | fp16 | off
     channels_last: str = "auto"                # auto (on for CUDA) | on | off
     compile: bool = False                      # torch.compile the model
-    data_path: str = "auto"                    # auto (resident on CUDA, else classic) | resident: decode once, augment batches on the device | classic: torchvision per image in workers
+    data_path: str = "auto"  # auto (resident on CUDA, else classic) | resident | classic (nbs/26_loader)
     num_workers: int = 2                       # CPU data loader processes
     seed: int = 0                              # seeds the weights, the sampler and the augmentation
     deterministic: bool = True                 # deterministic algorithms (exact --resume on CPU)
     ckpt_every: int = 0                        # also checkpoint every N batches (0: at the end of each epoch only)
-    log_every: int = 50                        # read the running statistics (progress bar, non-finite check) every N batches
+    log_every: int = 50  # read the running statistics (progress, non-finite check) every N batches
     max_batches: int = 0                       # cap on batches per epoch (0: the sampler's full epoch); for smoke tests
-    diverge_factor: float = 1000.0             # stop when a batch's loss passes this multiple of the run's first loss (0: never)
+    diverge_factor: float = 1000.0  # stop when a batch's loss passes this multiple of the first one (0: never)
 
-    CHOICES = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"), channels_last=("auto", "on", "off"),
-                   data_path=DATA_PATHS)                                 # the values a string field may take (also the CLI's choices)
+    # the values a string field may take (also the CLI's choices)
+    CHOICES = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"),
+                   channels_last=("auto", "on", "off"), data_path=DATA_PATHS)
 
     def __post_init__(self):
-        if isinstance(self.channels_last, bool):    # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
+        if isinstance(self.channels_last, bool):    # YAML 1.1 reads an unquoted on/off as a bool (DVC drops the quotes)
             self.channels_last = "on" if self.channels_last else "off"
         if self.amp is False: self.amp = "off"
         check_fields(self)                          # types: "no" is not a bool, "1e-3" is a number (see 28_core)
         for k in ("variant", "dataset", "seed"): self.out = self.out.replace("{" + k + "}", str(getattr(self, k)))
-        if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
         for k, allowed in TrainConfig.CHOICES.items():     # a subclass (BenchConfig) checks its own choices
-            if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
         from reid_nb.params import check_ranges     # every number within its range: RANGES (24_params)
         check_ranges(self)
         check_width(self.width)
         self.losses = check_losses(self.losses)
         if self.new_lr_mult != 1 and self.pretrained is None:
-            raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but pretrained is None "
-                             "(from scratch every layer is new): set pretrained or leave new_lr_mult at 1")
+            raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but "
+                             "pretrained is None (from scratch every layer is new): set pretrained or leave "
+                             "new_lr_mult at 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -116,7 +120,8 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 def _mode(resume, overwrite: bool) -> str:
     "The run-folder mode of `fit`'s `resume` (False | True | 'auto') and `overwrite` arguments."
     if resume not in (False, True, "auto"): raise ValueError(f"resume={resume!r}: expected False, True or 'auto'")
-    if overwrite and resume: raise ValueError("--overwrite replaces the run that --resume would continue: pass one of them")
+    if overwrite and resume:
+        raise ValueError("--overwrite replaces the run that --resume would continue: pass one of them")
     return "overwrite" if overwrite else "auto" if resume == "auto" else "resume" if resume else "new"
 
 @dataclass
@@ -127,14 +132,17 @@ class Start:
     running: dict | None = None
     loss_ref: float | None = None
 
-def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False, allow_changes: bool = False,
-        manifest=None, record_ranks: bool = False) -> dict:
-    """Train `cfg.variant` on `cfg.dataset` into folder `cfg.out`; returns a summary dict (also written to `out/train_summary.json`).
-    `resume`: False (a new run), True (continue the folder's run) or 'auto' (continue when its settings match, else start over);
-    `overwrite`: replace the folder's run; `allow_changes`: let `resume` continue with other settings (recorded in the history);
-    `manifest`: the data stage's manifest, against which the images are checked first; `record_ranks`: write `ranks/rank{r}.json`."""
+# %% ../nbs/30_train.ipynb #3e61a081
+def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False,
+        allow_changes: bool = False, manifest=None, record_ranks: bool = False) -> dict:
+    """Train `cfg.variant` on `cfg.dataset` into folder `cfg.out`; returns a summary dict (also written to
+    `out/train_summary.json`). `resume`: False (a new run), True (continue the folder's run) or 'auto' (continue when
+    its settings match, else start over); `overwrite`: replace the folder's run; `allow_changes`: let `resume` continue
+    with other settings (recorded in the history); `manifest`: the data stage's manifest, against which the images are
+    checked first; `record_ranks`: write `ranks/rank{r}.json`."""
     mode, out = _mode(resume, overwrite), Path(cfg.out)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
     rank, world, device = init_distributed(resolve_device(cfg.device))
     with stop_on_signals(), FolderLock(out, f"reid-nb train {cfg.variant}") if rank == 0 else contextlib.nullcontext():
         if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
@@ -175,6 +183,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                 if stop_requested(): raise _stopped(stop_requested(), run.ckpt, now=True)
         return finish_run(cfg, run, seen, time.time() - t_start, rank, world, device)
 
+# %% ../nbs/30_train.ipynb #2bfe17ba
 @contextlib.contextmanager
 def _stop_cleanly(ckpt, world: int):
     "One process: a signal stops the loop between two steps (`deferred_signals`); every stop names the checkpoint."
@@ -195,7 +204,8 @@ def _stopped(signum: int, ckpt, now: bool) -> Interrupted:
 def _show(bar, r: dict, world: int):
     "The progress bar's loss, accuracy and images/s from running sums `r`."
     n = max(r["images"], 1)
-    bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['correct'] / n:.3f}", img_s=f"{r['images'] * world / max(r['seconds'], 1e-9):.1f}")
+    speed = r['images'] * world / max(r['seconds'], 1e-9)
+    bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['correct'] / n:.3f}", img_s=f"{speed:.1f}")
 
 # %% ../nbs/30_train.ipynb #5db1a0e1
 @dataclass
@@ -249,26 +259,28 @@ def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, 
     data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids,
                         progress=progress and rank == 0)
     t = build_training(cfg, ds.num_train_pids, device, lr=lr_at(0, cfg))
-    plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, t.model.config, fp, allow_changes) if rank == 0 else None)
+    plan = plan_run(out, mode, cfg, ds.num_train_pids, t.model.config, fp, allow_changes) if rank == 0 else None
+    plan = broadcast(plan)
     if rank == 0:
         clear_run(out, plan["clear"])
         if plan["note"]: print(plan["note"])
     barrier()
     new = t.model.describe_new()                                            # None when trained from scratch
     if rank == 0 and new is not None: _print_new(t.model, new, cfg.new_lr_mult)
-    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=t.model.config, train_config=cfg.to_dict(),
-                dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
+    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=t.model.config,
+                train_config=cfg.to_dict(), dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
     ckpt = Checkpointer(out / "last.safetensors", t.model, t.opt, t.criterion, meta, rank)
     log = EpochLog(out / "log.csv", t.criterion.names, cfg.variant, cfg.epochs, rank=rank)
     start = _start(ckpt, log, plan)
     net = torch.compile(t.model) if cfg.compile else t.model
-    if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(ds, data, t, net, t.step(net, device, world), ckpt, log, start, meta, new, env)
 
 def _start(ckpt: Checkpointer, log: EpochLog, plan: dict) -> Start:
     "Where the loop starts: the checkpoint's position (restored, with its finished epochs' log rows) or the beginning."
     if plan["start"] != "resume":
-        ckpt.save(0, 0, None, log.rows)                   # the starting point: a good checkpoint exists before the first step
+        ckpt.save(0, 0, None, log.rows)          # the starting point: a good checkpoint exists before the first step
         return Start()
     saved = ckpt.restore()
     start = Start(saved["epoch"], saved["batch"], saved.get("running"), saved.get("loss_ref"))
@@ -277,7 +289,7 @@ def _start(ckpt: Checkpointer, log: EpochLog, plan: dict) -> Start:
 
 # %% ../nbs/30_train.ipynb #ae51d69d
 def _print_new(model, new: dict, mult: float):
-    "The log line of a pretrained trunk: what came from the checkpoint, what is new, and the new layers' rate multiplier."
+    "The log line of a pretrained trunk: what came from the checkpoint, what is new, the new layers' rate multiplier."
     src, kinds = model.pretrained_from, collections.Counter(new["modules"].values())
     print(f"pretrained: {src['tensors']} tensors from {src['file']} (sha256 {src['sha256'][:12]}…"
           f"{', %d BatchNorm counters filled' % src['filled_counters'] if src['filled_counters'] else ''}); "
@@ -285,7 +297,7 @@ def _print_new(model, new: dict, mult: float):
           + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {mult:g})")
 
 def finish_run(cfg: TrainConfig, run: Run, seen, seconds: float, rank: int, world: int, device) -> dict:
-    "Write the final weights, `config.json`, `train_summary.json` (rank 0), `ranks/` when `seen` was recorded; the summary."
+    "Write the final weights, `config.json`, `train_summary.json` (rank 0), `ranks/` when `seen` was kept; the summary."
     out, rows = Path(cfg.out), run.log.rows
     new = None if run.new is None else dict(run.new, lr_mult=cfg.new_lr_mult)
     summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world,
@@ -298,7 +310,7 @@ def finish_run(cfg: TrainConfig, run: Run, seen, seconds: float, rank: int, worl
         from safetensors.torch import save_file
         weights = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
         atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
-        # config.json (a DVC output) holds no wall times, so that two runs of one commit on one machine write it byte for byte
+        # config.json (a DVC output) holds no wall times: two runs of one commit on one machine write it byte for byte
         config = json.dumps(dict(run.meta, summary=without_timings(summary)), indent=2)
         atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(config))
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
