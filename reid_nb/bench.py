@@ -169,8 +169,8 @@ def count_host_syncs(batches, fn, device: torch.device, steps: int = 3) -> float
 def train_setup(cfg: BenchConfig, variant: str, num_classes: int, device: torch.device):
     "`(TrainStep, model)` for `variant` on `device`, built by `reid_nb.step.build_training` as `fit` builds them."
     torch.manual_seed(cfg.seed)
-    model, criterion, opt, dtype, scaler, cl = build_training(cfg.train_config(variant), num_classes, device,
-                                                              fused=cfg.fused != "off")
+    t = build_training(cfg.train_config(variant), num_classes, device, fused=cfg.fused != "off")
+    model, criterion, opt, dtype, scaler, cl = t.model, t.criterion, t.opt, t.dtype, t.scaler, t.channels_last
     if cfg.compile: torch._dynamo.reset()   # a fresh cache per model: 14 compiled forwards pass dynamo's recompiles
     net = torch.compile(model) if cfg.compile else model
     net.train(); criterion.train()

@@ -9,30 +9,17 @@ from .sampler import PKSampler
 from .transforms import build_transforms, ImageDataset, decode_split, image_sizes, BatchAugment, host_to_device
 
 # %% auto #0
-__all__ = ['DATA_PATHS', 'GPU_DATA_TO_DATA_PATH', 'resolve_data_path', 'data_path_from_gpu_data', 'renamed_message',
-           'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'eval_batches']
+__all__ = ['DATA_PATHS', 'resolve_data_path', 'sample_seed', 'SeededSamples', 'resident_size', 'TrainBatches', 'eval_batches']
 
 # %% ../nbs/26_loader.ipynb #4c0a1d06
 DATA_PATHS = ("auto", "resident", "classic")      # the values of every `data_path` option
-GPU_DATA_TO_DATA_PATH = {"on": "resident", "off": "classic", "auto": "auto", True: "resident", False: "classic"}
 
 def resolve_data_path(data_path: str, device) -> str:
-    "'resident' or 'classic': the path `data_path` ('auto', 'resident' or 'classic') takes on `device` (auto: resident on CUDA)."
-    if data_path not in DATA_PATHS: raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(DATA_PATHS)}")
+    "'resident' or 'classic': the path `data_path` (auto, resident, classic) takes on `device` (auto: CUDA → resident)."
+    if data_path not in DATA_PATHS:
+        raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(DATA_PATHS)}")
     if data_path != "auto": return data_path
     return "resident" if torch.device(device).type == "cuda" else "classic"
-
-def data_path_from_gpu_data(value) -> str:
-    "The `data_path` value of an old `gpu_data` value (on → resident, off → classic, auto → auto)."
-    try: return GPU_DATA_TO_DATA_PATH[value]
-    except (KeyError, TypeError): raise ValueError(f"gpu_data={value!r}: expected on, off or auto") from None
-
-def renamed_message(gpu_data) -> str:
-    "The error for a config that still has the key `gpu_data`, with its translation."
-    try: new = data_path_from_gpu_data(gpu_data)
-    except ValueError: new = "resident | classic | auto"
-    return (f"the training parameter gpu_data was renamed data_path: write data_path: {new} instead of gpu_data: {gpu_data!r} "
-            "(on → resident, off → classic, auto → auto)")
 
 # %% ../nbs/26_loader.ipynb #e9ad511b
 def sample_seed(seed: int, epoch: int, batch: int, pos: int = 0) -> int:
@@ -40,7 +27,7 @@ def sample_seed(seed: int, epoch: int, batch: int, pos: int = 0) -> int:
     return (((seed * 10_007 + epoch) * 1_000_003 + batch) * 4_099 + pos) % (2 ** 63 - 1)
 
 class SeededSamples(torch.utils.data.Dataset):
-    "Wrap a dataset so that item `(index, seed)` is transformed under its own RNG seed (worker- and resume-independent)."
+    "Wrap a dataset so that item `(index, seed)` is transformed under its own RNG seed (worker- and resume-proof)."
     def __init__(self, ds): self.ds = ds
     def __len__(self): return len(self.ds)
     def __getitem__(self, item):
@@ -49,10 +36,12 @@ class SeededSamples(torch.utils.data.Dataset):
             torch.manual_seed(s)
             return self.ds[idx]
 
+# %% ../nbs/26_loader.ipynb #39f1f71e
 def resident_size(sizes, input_size) -> tuple[int, int]:
-    """The size a split is cached at on the resident path: the images' own size when they all share one that holds at most 4× the
-    input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device, and the cache is 4× smaller than
-    at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images — the input size. Never the first image's size."""
+    """The size a split is cached at on the resident path: the images' own size when they all share one that holds at
+    most 4× the input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device, and the
+    cache is 4× smaller than at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images — the input
+    size. Never the first image's size."""
     sizes, (H, W) = set(map(tuple, sizes)), tuple(input_size)
     if len(sizes) == 1:
         h, w = next(iter(sizes))
@@ -61,22 +50,25 @@ def resident_size(sizes, input_size) -> tuple[int, int]:
 
 # %% ../nbs/26_loader.ipynb #4c0a1d0b
 class TrainBatches:
-    "Yields `(images, pids, indices)` for batches `start..` of an epoch of `sampler`, on the resident or the classic data path."
-    def __init__(self, records, sampler: PKSampler, cfg, device: torch.device, data_path: str = "auto", num_classes: int | None = None,
+    "Yields `(images, pids, indices)` for batches `start..` of an epoch of `sampler`, on the resident or classic path."
+    def __init__(self, records, sampler: PKSampler, cfg, device: torch.device, data_path: str = "auto",
+                 num_classes: int | None = None,
                  progress: bool = True):
         self.records, self.sampler, self.cfg, self.device = records, sampler, cfg, device
         self.data_path = resolve_data_path(data_path, device)
         self.resident = self.data_path == "resident"
         self.pids = torch.tensor([r.pid for r in records])
-        if num_classes is not None and len(self.pids) and (int(self.pids.min()) < 0 or int(self.pids.max()) >= num_classes):
-            raise ValueError(f"training labels must lie in [0, {num_classes}), got [{int(self.pids.min())}, {int(self.pids.max())}]")
+        lo, hi = (int(self.pids.min()), int(self.pids.max())) if len(self.pids) else (0, 0)
+        if num_classes is not None and len(self.pids) and (lo < 0 or hi >= num_classes):
+            raise ValueError(f"training labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
         if self.resident:
             size = resident_size(image_sizes(records), cfg.input_size)        # the headers, read once
             self.cache = decode_split(records, size=size, progress=progress).to(device)
             self.aug = BatchAugment(cfg.input_size, **cfg.augment()).to(device)
             self.pids = self.pids.to(device)
         else:
-            self.ds = SeededSamples(ImageDataset(records, build_transforms(cfg.input_size, train=True, **cfg.augment())))
+            tf = build_transforms(cfg.input_size, train=True, **cfg.augment())
+            self.ds = SeededSamples(ImageDataset(records, tf))
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         b = self.sampler.batches(epoch)
@@ -86,7 +78,8 @@ class TrainBatches:
         batches = self.epoch_batches(epoch)[start:]
         if self.resident:
             if not batches: return
-            flat = host_to_device(torch.tensor([j for b in batches for j in b]), self.device)   # the epoch's indices: one copy
+            flat = torch.tensor([j for b in batches for j in b])
+            flat = host_to_device(flat, self.device)                 # the epoch's indices: one copy
             ends = [0]
             for b in batches: ends.append(ends[-1] + len(b))
             for i, b in enumerate(batches, start):
@@ -94,9 +87,11 @@ class TrainBatches:
                 idx = flat[ends[i - start]:ends[i - start + 1]]
                 yield self.aug(self.cache[idx]), self.pids[idx], b
             return
-        seeded = [[(j, sample_seed(self.cfg.seed, epoch, i, p)) for p, j in enumerate(b)] for i, b in enumerate(batches, start)]
+        seeded = [[(j, sample_seed(self.cfg.seed, epoch, i, p)) for p, j in enumerate(b)]
+                  for i, b in enumerate(batches, start)]
         nw = self.cfg.num_workers
-        loader = torch.utils.data.DataLoader(self.ds, batch_sampler=seeded, num_workers=nw, pin_memory=self.device.type == "cuda",
+        loader = torch.utils.data.DataLoader(self.ds, batch_sampler=seeded, num_workers=nw,
+                                             pin_memory=self.device.type == "cuda",
                                              persistent_workers=False, prefetch_factor=4 if nw else None)
         for (img, pid, _, _), b in zip(loader, batches):
             yield img.to(self.device, non_blocking=True), pid.to(self.device, non_blocking=True), b

@@ -60,7 +60,8 @@ class Range:
 # %% ../nbs/24_params.ipynb #e11bb16b
 _POS, _NONNEG, _INT = "expected a positive integer", "expected an integer ≥ 0", dict(hi=INT_MAX, integer=True)
 RANGES = {
-    # TrainConfig (30_train): `reid-nb train` and `bench` options, params.yaml's train and overrides.VARIANT
+    # TrainConfig (30_train): `reid-nb train` and `bench` options, params.yaml's train and overrides.VARIANT (the options
+    # of each loss term in `losses` have their ranges with the term, in reid_nb.losses.LOSSES)
     "input_size": Range(32, **_INT, text="expected (H, W), each ≥ 32"),
     "width": Range(0, 16, lo_open=True, text="expected a positive trunk multiplier, at most 16 (64×width a multiple "
                    "of 8: 1.0, 0.5, 0.25, 0.125)"),
@@ -78,9 +79,6 @@ RANGES = {
     "flip_p": Range(0, 1, text="expected a probability in [0, 1]"),
     "pad": Range(-1, **_INT, text="expected pixels (≥ 0) or -1 (scaled to the input size)"),
     "erase_p": Range(0, 1, text="expected a probability in [0, 1]"),
-    "label_smoothing": Range(0, 1, hi_open=True, text="expected a value in [0, 1)"),
-    "margin": Range(0, text="expected a value ≥ 0"),
-    "center_weight": Range(0, text="expected a value ≥ 0"),
     "new_lr_mult": Range(0, lo_open=True, text="expected a positive number (1: the base rate)"),
     "num_workers": Range(0, 1024, integer=True, text="expected an integer from 0 to 1024"),
     "seed": Range(0, SEED_MAX, integer=True, text="expected an integer from 0 to 2^32 − 1 (what NumPy's and PyTorch's "

@@ -9,14 +9,16 @@ from pathlib import Path
 import torch
 from torch import nn
 from .core import atomic_write
-from .loader import data_path_from_gpu_data
-from .step import NonFiniteLoss
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUN_PATTERNS', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_FIELDS', 'save_checkpoint',
-           'read_checkpoint', 'read_meta', 'all_finite', 'restore_optimizer', 'model_state', 'with_prefix',
-           'check_compatible', 'run_files', 'upgrade_train_config', 'setting_changes', 'plan_run', 'clear_run',
-           'Checkpointer', 'EpochLog', 'SeenSamples', 'params_digest']
+__all__ = ['RUN_FILES', 'RUN_PATTERNS', 'FINAL_FILES', 'RESULT_NEUTRAL', 'RUN_MODES', 'LOG_HEAD', 'LOG_TAIL', 'NonFiniteLoss',
+           'save_checkpoint', 'read_checkpoint', 'read_meta', 'restore_optimizer', 'model_state', 'with_prefix',
+           'all_finite', 'check_compatible', 'run_files', 'clear_run', 'setting_changes', 'plan_run', 'Checkpointer',
+           'log_fields', 'EpochLog', 'SeenSamples', 'params_digest']
+
+# %% ../nbs/25_runs.ipynb #8c35a24d
+class NonFiniteLoss(FloatingPointError):
+    "Training diverged: a NaN or infinite loss or weight, or a loss past `diverge_factor` times the run's first one."
 
 # %% ../nbs/25_runs.ipynb #d547650e
 def save_checkpoint(path, model: nn.Module, optimizer=None, meta: dict | None = None, extra: dict | None = None):
@@ -42,7 +44,8 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("reid_nb", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
     return tensors, meta
 
 def read_meta(path) -> dict:
@@ -52,17 +55,10 @@ def read_meta(path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f"{path}: no checkpoint there")
     try:
         with safe_open(str(path), framework="pt") as f: return json.loads((f.metadata() or {}).get("reid_nb", "{}"))
-    except Exception as e: raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable reid_nb checkpoint ({type(e).__name__}: {e})") from None
 
-def all_finite(*objs) -> bool:
-    "Whether every floating-point tensor of the modules / optimisers `objs` (parameters, buffers, optimiser state) is finite."
-    ts = []
-    for o in objs:
-        if isinstance(o, nn.Module): ts += [t for t in o.state_dict().values() if t.is_floating_point()]
-        elif isinstance(o, torch.optim.Optimizer):
-            ts += [t for st in o.state.values() for t in st.values() if torch.is_tensor(t) and t.is_floating_point()]
-    return not ts or bool(torch.stack([torch.isfinite(t).all() for t in ts]).all())
-
+# %% ../nbs/25_runs.ipynb #eeee3e5c
 def restore_optimizer(optimizer, tensors: dict, meta: dict):
     "Load the optimiser state saved by `save_checkpoint` into `optimizer`."
     state = {}
@@ -71,9 +67,10 @@ def restore_optimizer(optimizer, tensors: dict, meta: dict):
         state.setdefault(int(i), {})[name] = v
     saved, now = meta["optim_param_groups"], optimizer.param_groups
     if len(saved) != len(now) or any(len(a["params"]) != len(b["params"]) for a, b in zip(saved, now)):
-        raise ValueError(f"the checkpoint's optimiser has parameter groups of {[len(g['params']) for g in saved]} tensors, this run's "
-                         f"{[len(g['params']) for g in now]} (with pretrained weights the new layers have a group of their own): "
-                         "it was written by another setting or another version; start without --resume")
+        sizes = [len(g['params']) for g in saved], [len(g['params']) for g in now]
+        raise ValueError(f"the checkpoint's optimiser has parameter groups of {sizes[0]} tensors, this run's "
+                         f"{sizes[1]} (with pretrained weights the new layers have a group of their own): it was "
+                         "written by another setting or another version; start without --resume")
     mults = [g.get("lr_mult", 1.0) for g in now]
     optimizer.load_state_dict({"state": state, "param_groups": saved})
     for g, m in zip(optimizer.param_groups, mults): g["lr_mult"] = m     # this run's multipliers, not the saved ones
@@ -83,9 +80,20 @@ def model_state(tensors: dict) -> dict:
     return with_prefix(tensors, "model.")
 
 def with_prefix(tensors: dict, prefix: str) -> dict:
-    "The entries of `tensors` whose key starts with `prefix`, the prefix removed (`model.`, `criterion.`, `optim.`)."
+    "The entries of `tensors` whose key starts with `prefix`, without it (`model.`, `criterion.`, `optim.`)."
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
+# %% ../nbs/25_runs.ipynb #f979aa10
+def all_finite(*objs) -> bool:
+    "Whether every floating-point tensor of modules / optimisers `objs` (weights, buffers, optimiser state) is finite."
+    ts = []
+    for o in objs:
+        if isinstance(o, nn.Module): ts += [t for t in o.state_dict().values() if t.is_floating_point()]
+        elif isinstance(o, torch.optim.Optimizer):
+            ts += [t for st in o.state.values() for t in st.values() if torch.is_tensor(t) and t.is_floating_point()]
+    return not ts or bool(torch.stack([torch.isfinite(t).all() for t in ts]).all())
+
+# %% ../nbs/25_runs.ipynb #fccc1456
 def check_compatible(meta: dict, variant: str, num_classes: int, model_config: dict, path=""):
     "Refuse a checkpoint written for another variant, class count or model config, saying which differs."
     if meta.get("variant") != variant:
@@ -94,69 +102,26 @@ def check_compatible(meta: dict, variant: str, num_classes: int, model_config: d
         raise ValueError(f"{path}: checkpoint has {meta.get('num_classes')} classes, the dataset has {num_classes}")
     saved = meta.get("model_config", {})
     diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
-    if diff: raise ValueError(f"{path}: checkpoint's model config differs: " + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+    if diff: raise ValueError(f"{path}: checkpoint's model config differs: "
+                              + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
 
 # %% ../nbs/25_runs.ipynb #663d76d4
-RUN_FILES = ("last.safetensors", "model.safetensors", "config.json", "log.csv", "train_summary.json", "eval_summary.json",
-             "ranking.json", "ranks")                                  # what a run writes into its folder (ranks: with record_ranks)
-RUN_PATTERNS = ("eval_summary-*.json",)                                # ... and per other dataset (a cross-domain evaluation)
+# what a run writes into its folder (ranks: with record_ranks), and per other dataset (a cross-domain evaluation)
+RUN_FILES = ("last.safetensors", "model.safetensors", "config.json", "log.csv", "train_summary.json",
+             "eval_summary.json", "ranking.json", "ranks")
+
+RUN_PATTERNS = ("eval_summary-*.json",)
+
 FINAL_FILES = ("model.safetensors", "config.json", "train_summary.json", "eval_summary.json", "ranking.json")
-RESULT_NEUTRAL = ("out", "data_root", "num_workers", "log_every", "ckpt_every")   # settings that do not change the trained model
+
+RESULT_NEUTRAL = ("out", "data_root", "num_workers", "log_every", "ckpt_every")  # settings that do not change the model
+
 RUN_MODES = ("new", "overwrite", "resume", "auto")
 
 def run_files(out) -> list[str]:
     "The files of a run present in folder `out`."
     out = Path(out)
     return [f for f in RUN_FILES if (out / f).exists()] + sorted(p.name for pat in RUN_PATTERNS for p in out.glob(pat))
-
-def upgrade_train_config(d: dict) -> dict:
-    "A saved `train_config` with an old `gpu_data` key read as today's `data_path` (for comparing a checkpoint's settings)."
-    d = dict(d or {})
-    if "gpu_data" in d: d.setdefault("data_path", data_path_from_gpu_data(d.pop("gpu_data")))
-    return d
-
-def setting_changes(meta: dict, cfg, fingerprint: str | None = None) -> dict:
-    "`{setting: (in the checkpoint, now)}` for each setting of `TrainConfig` `cfg` that shapes the model and differs from checkpoint `meta`'s, and the dataset."
-    saved, now = upgrade_train_config(meta.get("train_config")), cfg.to_dict()
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL and saved.get(k) != v}
-    was = meta.get("dataset_fingerprint")
-    if fingerprint and was and was != fingerprint: diff["dataset (fingerprint)"] = (was[:12], fingerprint[:12])
-    return diff
-
-def _listing(changes: dict) -> str: return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items())
-
-def plan_run(out, mode: str, cfg, num_classes: int, model_config: dict, fingerprint: str | None = None,
-             allow_changes: bool = False) -> dict:
-    """What `fit` does with run folder `out` in `mode` (see the table) for `TrainConfig` `cfg`: `{'start': 'fresh' | 'resume', 'clear': [files to remove
-    first], 'history': [...], 'note': what to print}`; refusals are errors that say what is there and what to pass."""
-    if mode not in RUN_MODES: raise ValueError(f"mode={mode!r}: expected one of {', '.join(RUN_MODES)}")
-    out = Path(out); ckpt, have = out / "last.safetensors", run_files(out)
-    fresh = dict(start="fresh", clear=have, history=[], note="")
-    if mode == "overwrite": return dict(fresh, note=f"--overwrite: removed the previous run's {', '.join(have)}" if have else "")
-    if mode == "new":
-        if have: raise FileExistsError(f"{out} already holds a run ({', '.join(have)}); pass --resume to continue it, or --overwrite to replace it")
-        return fresh
-    if not ckpt.is_file():
-        if mode == "resume" and have:
-            raise FileExistsError(f"--resume: {out} has no checkpoint (last.safetensors) to continue from, but holds {', '.join(have)}; "
-                                  "pass --overwrite to replace that run")
-        return dict(fresh, note=f"no checkpoint at {ckpt}: starting from scratch")
-    meta = read_meta(ckpt)
-    try: check_compatible(meta, cfg.variant, num_classes, model_config, ckpt)
-    except ValueError as e:
-        if mode == "auto": return dict(fresh, note=f"{e}: starting over")
-        raise
-    changes = setting_changes(meta, cfg, fingerprint)
-    if changes and mode == "auto": return dict(fresh, note=f"{ckpt} was written with other settings ({_listing(changes)}): starting over")
-    if changes and not allow_changes:
-        raise ValueError(f"--resume: {ckpt} was written with other settings ({_listing(changes)}); the result would be a model that no "
-                         "single config describes. Pass --overwrite to start over, or --allow-changes to continue with the new values "
-                         "(recorded in config.json's history)")
-    step = dict(epoch=meta.get("epoch"), batch=meta.get("batch"), changed={k: [a, b] for k, (a, b) in changes.items()})
-    return dict(start="resume", clear=[f for f in FINAL_FILES if f in have] if changes else [],
-                history=list(meta.get("history") or []) + ([step] if changes else []),
-                note=f"resuming {ckpt} at epoch {meta.get('epoch')}, batch {meta.get('batch')}"
-                     + (f", with changed settings ({_listing(changes)}), recorded in the run's history" if changes else ""))
 
 def clear_run(out, names):
     "Remove the run files `names` from folder `out`."
@@ -165,11 +130,63 @@ def clear_run(out, names):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         elif p.exists() or p.is_symlink(): p.unlink()
 
+# %% ../nbs/25_runs.ipynb #05e43a9a
+def setting_changes(meta: dict, cfg, fingerprint: str | None = None) -> dict:
+    """`{setting: (in the checkpoint, now)}` for each setting of `TrainConfig` `cfg` that shapes the model and differs
+    from checkpoint `meta`'s, and the dataset."""
+    saved, now = meta.get("train_config") or {}, cfg.to_dict()
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL and saved.get(k) != v}
+    was = meta.get("dataset_fingerprint")
+    if fingerprint and was and was != fingerprint: diff["dataset (fingerprint)"] = (was[:12], fingerprint[:12])
+    return diff
+
+def _listing(changes: dict) -> str: return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items())
+
+# %% ../nbs/25_runs.ipynb #9c300a72
+def plan_run(out, mode: str, cfg, num_classes: int, model_config: dict, fingerprint: str | None = None,
+             allow_changes: bool = False) -> dict:
+    """What `fit` does with run folder `out` in `mode` (see the table) for `TrainConfig` `cfg`: `{'start': 'fresh' |
+    'resume', 'clear': [files to remove first], 'history': [...], 'note': what to print}`; refusals are errors that say
+    what is there and what to pass."""
+    if mode not in RUN_MODES: raise ValueError(f"mode={mode!r}: expected one of {', '.join(RUN_MODES)}")
+    out = Path(out); ckpt, have = out / "last.safetensors", run_files(out)
+    fresh = dict(start="fresh", clear=have, history=[], note="")
+    if mode == "overwrite":
+        return dict(fresh, note=f"--overwrite: removed the previous run's {', '.join(have)}" if have else "")
+    if mode == "new":
+        if have: raise FileExistsError(f"{out} already holds a run ({', '.join(have)}); pass --resume to continue it, "
+                                       "or --overwrite to replace it")
+        return fresh
+    if not ckpt.is_file():
+        if mode == "resume" and have:
+            raise FileExistsError(f"--resume: {out} has no checkpoint (last.safetensors) to continue from, but holds "
+                                  f"{', '.join(have)}; pass --overwrite to replace that run")
+        return dict(fresh, note=f"no checkpoint at {ckpt}: starting from scratch")
+    meta = read_meta(ckpt)
+    try: check_compatible(meta, cfg.variant, num_classes, model_config, ckpt)
+    except ValueError as e:
+        if mode == "auto": return dict(fresh, note=f"{e}: starting over")
+        raise
+    changes = setting_changes(meta, cfg, fingerprint)
+    if changes and mode == "auto":
+        return dict(fresh, note=f"{ckpt} was written with other settings ({_listing(changes)}): starting over")
+    if changes and not allow_changes:
+        raise ValueError(f"--resume: {ckpt} was written with other settings ({_listing(changes)}); the result would be "
+                         "a model that no single config describes. Pass --overwrite to start over, or --allow-changes "
+                         "to continue with the new values (recorded in config.json's history)")
+    step = dict(epoch=meta.get("epoch"), batch=meta.get("batch"), changed={k: [a, b] for k, (a, b) in changes.items()})
+    return dict(start="resume", clear=[f for f in FINAL_FILES if f in have] if changes else [],
+                history=list(meta.get("history") or []) + ([step] if changes else []),
+                note=f"resuming {ckpt} at epoch {meta.get('epoch')}, batch {meta.get('batch')}"
+                     + (f", with changed settings ({_listing(changes)}), recorded in the run's history"
+                        if changes else ""))
+
 # %% ../nbs/25_runs.ipynb #bca3bf82
 class Checkpointer:
-    "Saves the training state to `path` (rank 0 writes, every rank checks) only when it is finite, and names the last good one."
+    "Saves the training state to `path` (rank 0 writes, every rank checks) only when finite; names the last good one."
     def __init__(self, path, model, optimizer, criterion, meta: dict, rank: int = 0):
-        self.path, self.model, self.opt, self.criterion, self.meta, self.rank = Path(path), model, optimizer, criterion, meta, rank
+        self.path, self.model, self.opt, self.criterion = Path(path), model, optimizer, criterion
+        self.meta, self.rank = meta, rank
         self.saved = None                                  # (epoch, batch) of the last checkpoint known to be good
 
     def last_good(self) -> str:
@@ -185,7 +202,8 @@ class Checkpointer:
             where = f"in epoch {epoch + 1}, after batch {batch}" if batch else f"after epoch {epoch}"
             raise NonFiniteLoss(f"non-finite weights {where}: training stopped before saving them; {self.last_good()}")
         if self.rank == 0:
-            extra = {f"criterion.{k}": v for k, v in self.criterion.state_dict().items()} | {"rng.torch": torch.get_rng_state()}
+            extra = {f"criterion.{k}": v for k, v in self.criterion.state_dict().items()}
+            extra["rng.torch"] = torch.get_rng_state()
             save_checkpoint(self.path, self.model, self.opt, extra=extra,
                             meta=dict(self.meta, epoch=epoch, batch=batch, running=running, log=log, loss_ref=loss_ref))
         self.saved = (epoch, batch)
@@ -202,19 +220,24 @@ class Checkpointer:
         return meta
 
 # %% ../nbs/25_runs.ipynb #c83c4eda
-LOG_FIELDS = ("epoch", "lr", "loss", "ce", "triplet", "center", "acc", "images", "seconds", "images_per_s")
+LOG_HEAD, LOG_TAIL = ("epoch", "lr", "loss"), ("acc", "images", "seconds", "images_per_s")
+
+def log_fields(terms) -> tuple[str, ...]:
+    "The columns of `log.csv` for a run whose loss terms are `terms` (their names, in the order the loss sums them)."
+    return (*LOG_HEAD, *terms, *LOG_TAIL)
 
 class EpochLog:
-    "The run's per-epoch rows: kept in the checkpoint's metadata, written to `log.csv` and printed by rank 0."
-    def __init__(self, path, title: str = "", epochs: int = 0, rows=(), rank: int = 0):
-        self.path, self.title, self.epochs, self.rows, self.rank = Path(path), title, epochs, list(rows), rank
+    "The run's per-epoch rows (loss terms `terms`): kept in the checkpoint's metadata, written to `log.csv`, printed."
+    def __init__(self, path, terms=("ce", "triplet"), title: str = "", epochs: int = 0, rows=(), rank: int = 0):
+        self.path, self.terms, self.title, self.epochs = Path(path), tuple(terms), title, epochs
+        self.rows, self.rank = list(rows), rank
 
     def add(self, epoch: int, lr: float, r: dict, world: int = 1) -> dict:
         "Append the row of finished `epoch` from `RunningStats.read()` sums `r` (this rank's images; `world` ranks)."
         m = max(r["images"], 1)
-        row = dict(epoch=epoch, lr=lr, loss=r["loss"] / m, ce=r["ce"] / m, triplet=r["triplet"] / m, center=r["center"] / m,
-                   acc=r["correct"] / m, images=r["images"] * world, seconds=r["seconds"],
-                   images_per_s=r["images"] * world / max(r["seconds"], 1e-9))
+        images = r["images"] * world
+        row = dict(epoch=epoch, lr=lr, loss=r["loss"] / m, **{t: r[t] / m for t in self.terms}, acc=r["correct"] / m,
+                   images=images, seconds=r["seconds"], images_per_s=images / max(r["seconds"], 1e-9))
         self.rows.append(row)
         return row
 
@@ -222,16 +245,17 @@ class EpochLog:
         "Rank 0: print the last row, rewrite `log.csv` (atomically) with every row."
         if self.rank != 0 or not self.rows: return
         r = self.rows[-1]
-        print(f"{self.title} epoch {r['epoch'] + 1}/{self.epochs}: loss {r['loss']:.4f} (ce {r['ce']:.4f}, triplet {r['triplet']:.4f}) "
+        terms = ", ".join(f"{t} {r[t]:.4f}" for t in self.terms)
+        print(f"{self.title} epoch {r['epoch'] + 1}/{self.epochs}: loss {r['loss']:.4f} ({terms}) "
               f"acc {r['acc']:.3f} lr {r['lr']:.2e} {r['images_per_s']:.1f} img/s")
         def w(tmp):
             with open(tmp, "w", newline="") as f:
-                wr = csv.DictWriter(f, fieldnames=LOG_FIELDS); wr.writeheader(); wr.writerows(self.rows)
+                wr = csv.DictWriter(f, fieldnames=log_fields(self.terms)); wr.writeheader(); wr.writerows(self.rows)
         atomic_write(self.path, w)
 
 # %% ../nbs/25_runs.ipynb #e9106002
 class SeenSamples:
-    "Which samples this rank trained on in each epoch; `write` adds a digest of the parameters: `ranks/rank{r}.json` (a DDP test's evidence)."
+    "Which samples this rank trained on in each epoch, and a digest of its weights: `ranks/rank{r}.json` (DDP tests)."
     def __init__(self): self.seen = {}
     def add(self, epoch: int, indices): self.seen.setdefault(epoch, set()).update(indices)
 
@@ -243,5 +267,6 @@ class SeenSamples:
 def params_digest(model: nn.Module) -> str:
     "SHA-256 of the parameters (not the buffers: BN running statistics are rank-local until DDP broadcasts rank 0's)."
     h = hashlib.sha256()
-    for k, v in sorted(model.named_parameters()): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for k, v in sorted(model.named_parameters()):
+        h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

@@ -5,6 +5,7 @@
 # %% ../nbs/27_step.ipynb #57e90003
 from __future__ import annotations
 import collections, math
+from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -12,71 +13,72 @@ from torch.overrides import TorchFunctionMode
 from .core import auto_on, amp_dtype
 from .models import build_model
 from .losses import ReIDLoss
+from .runs import NonFiniteLoss
 from .transforms import host_to_device
 
 # %% auto #0
-__all__ = ['NonFiniteLoss', 'RunningStats', 'TrainStep', 'param_groups', 'set_lr', 'build_training', 'HostReads']
+__all__ = ['RunningStats', 'TrainStep', 'param_groups', 'set_lr', 'Training', 'build_training', 'HostReads']
 
 # %% ../nbs/27_step.ipynb #c83c4eda
-class NonFiniteLoss(FloatingPointError):
-    "Training diverged: a NaN or infinite loss or weight, or a loss past `diverge_factor` times the run's first one."
-
 class RunningStats:
-    """An epoch's running sums (loss, its parts, correct predictions), the first non-finite loss and the first loss past
-    `diverge_factor` × the run's first loss (`ref`), kept on the training device. `add` queues a few tensor operations; `check`
-    and `read` each wait for the device once."""
-    KEYS = ("loss", "ce", "triplet", "center", "correct")
-
-    def __init__(self, device: torch.device, state: dict | None = None, world: int = 1, ref: float | None = None,
-                 diverge_factor: float = 0.0):
+    """An epoch's running sums (the loss, each loss term `terms` by name, correct predictions), the first non-finite
+    loss and the first loss past `diverge_factor` × the run's first loss (`ref`), kept on the training device. `add`
+    queues a few tensor operations; `check` and `read` each wait for the device once."""
+    def __init__(self, device: torch.device, terms: tuple = (), state: dict | None = None, world: int = 1,
+                 ref: float | None = None, diverge_factor: float = 0.0):
         self.device, self.world, self.factor = device, world, float(diverge_factor)
-        state = state or {}
-        self.sums = host_to_device(torch.tensor([float(state.get(k, 0.0)) for k in self.KEYS], dtype=torch.float64), device)
+        self.terms, self.keys, state = tuple(terms), ("loss", *terms, "correct"), state or {}
+        sums = torch.tensor([float(state.get(k, 0.0)) for k in self.keys], dtype=torch.float64)
+        self.sums = host_to_device(sums, device)
         self.images, self.seconds = int(state.get("images", 0)), float(state.get("seconds", 0.0))
-        self.ref = torch.full((), math.nan if ref is None else float(ref), device=device)   # the run's first loss (NaN: not seen yet)
-        self.first_bad = torch.full((2,), -1, dtype=torch.long, device=device)   # the first batch with a non-finite / a diverged loss
+        self.ref = torch.full((), math.nan if ref is None else float(ref), device=device)   # NaN: not seen yet
+        self.first_bad = torch.full((2,), -1, dtype=torch.long, device=device)   # first non-finite / diverged batch
         self.bad_loss = torch.zeros(2, device=device)
 
     def add(self, loss, parts: dict, logits, y, batch: int):
         "Accumulate one batch (no host read: on a GPU this only queues kernels)."
         n, loss = len(y), loss.detach().float()
-        zero = loss.new_zeros(())
-        vals = torch.stack([loss, parts["ce"].float(), parts["triplet"].float(), parts.get("center", zero).float()]).double() * n
+        vals = torch.stack([loss, *(parts[t].float() for t in self.terms)]).double() * n
         correct = (logits.detach().argmax(1) == y).sum().double()
         self.sums += torch.cat([vals, correct[None]])
         self.ref = torch.where(torch.isnan(self.ref), loss, self.ref)
-        bad = torch.stack([~torch.isfinite(loss), (loss > self.factor * self.ref) & (self.factor > 0)]) & (self.first_bad < 0)
+        grown = (loss > self.factor * self.ref) & (self.factor > 0)
+        bad = torch.stack([~torch.isfinite(loss), grown]) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, batch, self.first_bad)
         self.bad_loss = torch.where(bad, loss, self.bad_loss)
         self.images += n
 
     def check(self, epoch: int, what: str):
-        "Raise `NonFiniteLoss` if any rank has seen a non-finite or a diverged loss (one read of the device; all ranks call it together)."
+        "Raise `NonFiniteLoss` if any rank saw a non-finite or a diverged loss (one read; all ranks call it together)."
         bad = self.first_bad.clone()
         if self.world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         nonfinite, diverged = bad.tolist()
         if nonfinite >= 0:
-            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss[0])}) at epoch {epoch + 1}, batch {nonfinite + 1}: training stopped; {what}")
+            raise NonFiniteLoss(f"non-finite loss ({float(self.bad_loss[0])}) at epoch {epoch + 1}, "
+                                f"batch {nonfinite + 1}: training stopped; {what}")
         if diverged >= 0:
-            raise NonFiniteLoss(f"the loss diverged: {float(self.bad_loss[1]):.4g} at epoch {epoch + 1}, batch {diverged + 1}, more than "
-                                f"{self.factor:g}× the run's first loss ({float(self.ref):.4g}; train.diverge_factor): training stopped; {what}")
+            raise NonFiniteLoss(f"the loss diverged: {float(self.bad_loss[1]):.4g} at epoch {epoch + 1}, "
+                                f"batch {diverged + 1}, more than {self.factor:g}× the run's first loss "
+                                f"({float(self.ref):.4g}; train.diverge_factor): training stopped; {what}")
 
     def read(self) -> dict:
-        "The sums as a dict of numbers (the format a checkpoint stores as `running`), and the run's first loss as `loss_ref`."
+        "The sums as a dict of numbers (what a checkpoint stores as `running`), and the run's first loss as `loss_ref`."
         s = torch.cat([self.sums, self.ref.double()[None]]).tolist()
         ref = None if math.isnan(s[-1]) else s[-1]
-        return dict(zip(self.KEYS, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds, loss_ref=ref)
+        return dict(zip(self.keys, s[:-1]), correct=int(round(s[-2])), images=self.images, seconds=self.seconds,
+                    loss_ref=ref)
 
 # %% ../nbs/27_step.ipynb #773ed2a6
 class TrainStep:
     "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
-    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1, scaler=None):
+    def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1,
+                 scaler=None):
         self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype
         self.channels_last, self.world = channels_last, world
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
 
     def __call__(self, x, y):
-        "Returns `(loss, parts, logits)`, device tensors; whether the loss was finite is the caller's to check (`RunningStats`)."
+        "`(loss, parts, logits)`, device tensors; the caller checks that the loss was finite (`RunningStats`)."
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits, feat = self.net(x)
@@ -84,15 +86,15 @@ class TrainStep:
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.world > 1:
-            for p in self.criterion.parameters():   # the center loss's centres live outside DDP: average their gradients here
+            for p in self.criterion.parameters():   # a loss's parameters (centres) live outside DDP: average grads here
                 if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
         self.scaler.step(self.opt); self.scaler.update()
         return loss, parts, logits
 
 # %% ../nbs/27_step.ipynb #fd8dfa43
 def param_groups(model, criterion, new_lr_mult: float = 1.0) -> list[dict]:
-    """The optimiser's parameter groups: everything at the base rate, except, when pretrained weights were loaded, the layers
-    that were not in the checkpoint (`model.new_parameters`), whose group carries `lr_mult=new_lr_mult`."""
+    """The optimiser's parameter groups: everything at the base rate, except, when pretrained weights were loaded, the
+    layers that were not in the checkpoint (`model.new_parameters`), whose group carries `lr_mult=new_lr_mult`."""
     new = set(getattr(model, "new_parameters", None) or ())
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     base = [p for n, p in named if n not in new] + [p for p in criterion.parameters() if p.requires_grad]
@@ -103,14 +105,29 @@ def set_lr(opt, lr: float):
     "Set every group's rate to `lr` times its `lr_mult`."
     for g in opt.param_groups: g["lr"] = lr * g.get("lr_mult", 1.0)
 
-def build_training(cfg, num_classes: int, device: torch.device, lr: float | None = None, fused: bool = True):
-    """`(model, criterion, optimizer, autocast dtype, grad scaler, channels_last)` for `TrainConfig` `cfg` on `device`, the
-    optimiser's rate set to `lr` (default `cfg.lr`): what `fit` trains with (and what `reid-nb bench` times). The labels are
-    checked by the data path, so the loss does not check them again."""
+# %% ../nbs/27_step.ipynb #82b56ac6
+@dataclass
+class Training:
+    "What `fit` trains with (and `reid-nb bench` times): model, loss, optimiser, autocast dtype, scaler, memory format."
+    model: nn.Module
+    criterion: ReIDLoss
+    opt: torch.optim.Optimizer
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    channels_last: bool
+
+    def step(self, net: nn.Module, device: torch.device, world: int = 1) -> TrainStep:
+        "The `TrainStep` of `net` (the model, or its compiled / DDP wrapper) with this loss and optimiser."
+        return TrainStep(net, self.criterion, self.opt, device, self.dtype, self.channels_last, world, self.scaler)
+
+def build_training(cfg, num_classes: int, device: torch.device, lr: float | None = None,
+                   fused: bool = True) -> Training:
+    """The `Training` of `TrainConfig` `cfg` on `device`, the optimiser's rate set to `lr` (default `cfg.lr`). The
+    labels are checked by the data path, so the loss does not check them again."""
     lr = cfg.lr if lr is None else lr
-    model = build_model(cfg.variant, num_classes, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained).to(device)
-    criterion = ReIDLoss(num_classes, label_smoothing=cfg.label_smoothing, margin=cfg.margin, soft_margin=cfg.soft_margin,
-                         center_weight=cfg.center_weight, feat_dim=model.feature_dim, check_labels=False).to(device)
+    model = build_model(cfg.variant, num_classes, input_size=cfg.input_size, width=cfg.width, pretrained=cfg.pretrained)
+    model = model.to(device)
+    criterion = ReIDLoss(num_classes, cfg.losses, feat_dim=model.feature_dim, check_labels=False).to(device)
     cl = auto_on(cfg.channels_last, device)
     if cl: model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(model, criterion, cfg.new_lr_mult), lr=lr, weight_decay=cfg.weight_decay,
@@ -118,11 +135,11 @@ def build_training(cfg, num_classes: int, device: torch.device, lr: float | None
     set_lr(opt, lr)
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
-    return model, criterion, opt, dtype, scaler, cl
+    return Training(model, criterion, opt, dtype, scaler, cl)
 
 # %% ../nbs/27_step.ipynb #e119b451
 class HostReads(TorchFunctionMode):
-    "Count the tensor operations inside the `with` block that make the host wait for the device (see `READS`, `DATA_SHAPED`)."
+    "Count the tensor operations in the `with` block that make the host wait for the device (`READS`, `DATA_SHAPED`)."
     READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__format__"}
     DATA_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}
 
@@ -132,14 +149,16 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in self.READS or name in self.DATA_SHAPED or self._to_host(name, args, kwargs) or self._mask_index(name, args):
+        if (name in self.READS or name in self.DATA_SHAPED or self._to_host(name, args, kwargs)
+                or self._mask_index(name, args)):
             self.calls[name] += 1
         return func(*args, **(kwargs or {}))
 
     @staticmethod
     def _to_host(name, args, kwargs) -> bool:
         "A copy of a non-CPU tensor to the CPU."
-        if name not in ("cpu", "to") or not args or not isinstance(args[0], torch.Tensor) or args[0].device.type == "cpu": return False
+        if name not in ("cpu", "to") or not args or not isinstance(args[0], torch.Tensor): return False
+        if args[0].device.type == "cpu": return False
         if name == "cpu": return True
         target = [a for a in list(args[1:]) + [(kwargs or {}).get("device")] if isinstance(a, (str, torch.device))]
         return any(torch.device(t).type == "cpu" for t in target)

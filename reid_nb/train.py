@@ -7,24 +7,24 @@ from __future__ import annotations
 import collections, contextlib, json, math, signal, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from types import SimpleNamespace
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed, barrier,
-                          broadcast, check_fields, from_mapping, Interrupted, stop_on_signals, deferred_signals,
-                          stop_requested, interrupted)
+from .core import (resolve_device, configure_cpu, atomic_write, sweep_orphans, FolderLock, init_distributed,
+                          barrier, broadcast, check_fields, from_mapping, Interrupted, stop_on_signals,
+                          deferred_signals, stop_requested, interrupted)
 from .backbone import check_width
 from .models import VARIANTS
 from .manifest import open_dataset
 from .provenance import environment, without_timings
 from .sampler import PKSampler
-from .loader import DATA_PATHS, TrainBatches, renamed_message
-from .step import TrainStep, RunningStats, set_lr, build_training
+from .losses import DEFAULT_LOSSES, check_losses
+from .loader import DATA_PATHS, TrainBatches
+from .step import TrainStep, Training, RunningStats, set_lr, build_training
 from .runs import plan_run, clear_run, Checkpointer, EpochLog, SeenSamples
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_at', 'Start', 'fit', 'setup_run', 'finish_run']
+__all__ = ['TrainConfig', 'lr_at', 'Start', 'fit', 'Run', 'setup_run', 'finish_run']
 
 # %% ../nbs/30_train.ipynb #25cd511a
 @dataclass
@@ -33,9 +33,9 @@ class TrainConfig:
     variant: str = "full"                      # a key of reid_nb.models.VARIANTS
     dataset: str = "synthetic"                 # market1501 | dukemtmc | synthetic
     data_root: str = "data"                    # folder that holds the dataset folders / archives
-    out: str = "runs/{variant}-{dataset}"      # run folder: checkpoints, log, final weights ({variant}, {dataset}, {seed} filled in)
+    out: str = "runs/{variant}-{dataset}"  # run folder: checkpoints, log, weights ({variant}, {dataset}, {seed} filled)
     input_size: tuple = (128, 64)              # H, W fed to the network
-    width: float = 1.0                         # trunk channel multiplier (1: the papers; 0.25: the CPU profile's slim trunk)
+    width: float = 1.0                         # trunk channel multiplier (1: the papers; 0.25: the CPU profile's trunk)
     epochs: int = 8                            # training epochs
     P: int = 16                                # identities per batch
     K: int = 4                                 # images per identity
@@ -47,51 +47,52 @@ class TrainConfig:
     milestones: tuple = (40, 70)               # epochs where a step schedule multiplies the rate by gamma
     gamma: float = 0.1                         # the factor a step schedule multiplies the rate by at each milestone
     flip_p: float = 0.5                        # horizontal flip probability
-    pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height (BoT's 10 at 256×128)
+    pad: int = -1                              # random-crop padding in pixels; -1: 10 px per 256 px of input height
     erase_p: float = 0.5                       # random-erasing probability
-    label_smoothing: float = 0.1               # ε of the label-smoothed cross-entropy
-    margin: float = 0.3                        # margin of the batch-hard triplet loss
-    soft_margin: bool = False                  # the soft-margin triplet loss log(1 + exp(d_ap − d_an)) instead of the margin
-    center_weight: float = 0.0                 # 0 disables the center loss
-    pretrained: str | None = None              # None | "imagenet" | path | URL ("{backbone}" in it: resnet50_ibn_a or resnet50)
+    losses: dict | str = DEFAULT_LOSSES        # loss terms by name and weight, e.g. 'ce: 1, triplet: 1, circle: 1'
+    pretrained: str | None = None  # None | "imagenet" | path | URL ({backbone} in it: resnet50_ibn_a, resnet50)
     new_lr_mult: float = 1.0                   # learning-rate multiplier of the layers not in the pretrained checkpoint
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                          # auto (bf16 on CUDA where supported, else fp16; off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; CPU: off) | bf16 | fp16 | off
     channels_last: str = "auto"                # auto (on for CUDA) | on | off
     compile: bool = False                      # torch.compile the model
-    data_path: str = "auto"                    # auto (resident on CUDA, else classic) | resident: decode once, augment batches on the device | classic: torchvision per image in workers
+    data_path: str = "auto"  # auto (resident on CUDA, else classic) | resident | classic (nbs/26_loader)
     num_workers: int = 2                       # CPU data loader processes
     seed: int = 0                              # seeds the weights, the sampler and the augmentation
     deterministic: bool = True                 # deterministic algorithms (exact --resume on CPU)
     ckpt_every: int = 0                        # also checkpoint every N batches (0: at the end of each epoch only)
-    log_every: int = 50                        # read the running statistics (progress bar, non-finite check) every N batches
+    log_every: int = 50  # read the running statistics (progress, non-finite check) every N batches
     max_batches: int = 0                       # cap on batches per epoch (0: the sampler's full epoch); for smoke tests
-    diverge_factor: float = 1000.0             # stop when a batch's loss passes this multiple of the run's first loss (0: never)
+    diverge_factor: float = 1000.0  # stop when a batch's loss passes this multiple of the first one (0: never)
 
-    CHOICES = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"), channels_last=("auto", "on", "off"),
-                   data_path=DATA_PATHS)                                 # the values a string field may take (also the CLI's choices)
+    # the values a string field may take (also the CLI's choices)
+    CHOICES = dict(schedule=("step", "cosine"), amp=("auto", "bf16", "fp16", "off"),
+                   channels_last=("auto", "on", "off"), data_path=DATA_PATHS)
 
     def __post_init__(self):
-        if isinstance(self.channels_last, bool):    # YAML 1.1 reads an unquoted on/off as a bool (DVC's rewrite drops the quotes)
+        if isinstance(self.channels_last, bool):    # YAML 1.1 reads an unquoted on/off as a bool (DVC drops the quotes)
             self.channels_last = "on" if self.channels_last else "off"
         if self.amp is False: self.amp = "off"
         check_fields(self)                          # types: "no" is not a bool, "1e-3" is a number (see 28_core)
         for k in ("variant", "dataset", "seed"): self.out = self.out.replace("{" + k + "}", str(getattr(self, k)))
-        if self.variant not in VARIANTS: raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
         for k, allowed in TrainConfig.CHOICES.items():     # a subclass (BenchConfig) checks its own choices
-            if getattr(self, k) not in allowed: raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k}={getattr(self, k)!r}; expected one of {', '.join(allowed)}")
         if len(self.input_size) != 2: raise ValueError(f"input_size={self.input_size}: expected (H, W), each ≥ 32")
         from reid_nb.params import check_ranges     # every number within its range: RANGES (24_params)
         check_ranges(self)
         check_width(self.width)
+        self.losses = check_losses(self.losses)
         if self.new_lr_mult != 1 and self.pretrained is None:
-            raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but pretrained is None "
-                             "(from scratch every layer is new): set pretrained or leave new_lr_mult at 1")
+            raise ValueError(f"new_lr_mult={self.new_lr_mult} applies to the layers a pretrained checkpoint lacks, but "
+                             "pretrained is None (from scratch every layer is new): set pretrained or leave "
+                             "new_lr_mult at 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         "Build from a mapping (e.g. a section of params.yaml); unknown keys are an error listing the known ones."
-        if "gpu_data" in d: raise ValueError(renamed_message(d["gpu_data"]))
         return from_mapping(cls, d, "training parameter")
 
     @property
@@ -119,7 +120,8 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 def _mode(resume, overwrite: bool) -> str:
     "The run-folder mode of `fit`'s `resume` (False | True | 'auto') and `overwrite` arguments."
     if resume not in (False, True, "auto"): raise ValueError(f"resume={resume!r}: expected False, True or 'auto'")
-    if overwrite and resume: raise ValueError("--overwrite replaces the run that --resume would continue: pass one of them")
+    if overwrite and resume:
+        raise ValueError("--overwrite replaces the run that --resume would continue: pass one of them")
     return "overwrite" if overwrite else "auto" if resume == "auto" else "resume" if resume else "new"
 
 @dataclass
@@ -130,14 +132,17 @@ class Start:
     running: dict | None = None
     loss_ref: float | None = None
 
-def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False, allow_changes: bool = False,
-        manifest=None, record_ranks: bool = False) -> dict:
-    """Train `cfg.variant` on `cfg.dataset` into folder `cfg.out`; returns a summary dict (also written to `out/train_summary.json`).
-    `resume`: False (a new run), True (continue the folder's run) or 'auto' (continue when its settings match, else start over);
-    `overwrite`: replace the folder's run; `allow_changes`: let `resume` continue with other settings (recorded in the history);
-    `manifest`: the data stage's manifest, against which the images are checked first; `record_ranks`: write `ranks/rank{r}.json`."""
+# %% ../nbs/30_train.ipynb #3e61a081
+def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False,
+        allow_changes: bool = False, manifest=None, record_ranks: bool = False) -> dict:
+    """Train `cfg.variant` on `cfg.dataset` into folder `cfg.out`; returns a summary dict (also written to
+    `out/train_summary.json`). `resume`: False (a new run), True (continue the folder's run) or 'auto' (continue when
+    its settings match, else start over); `overwrite`: replace the folder's run; `allow_changes`: let `resume` continue
+    with other settings (recorded in the history); `manifest`: the data stage's manifest, against which the images are
+    checked first; `record_ranks`: write `ranks/rank{r}.json`."""
     mode, out = _mode(resume, overwrite), Path(cfg.out)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out={out}: exists and is not a folder; give a folder for the run")
     rank, world, device = init_distributed(resolve_device(cfg.device))
     with stop_on_signals(), FolderLock(out, f"reid-nb train {cfg.variant}") if rank == 0 else contextlib.nullcontext():
         if rank == 0: sweep_orphans(out)                      # temporaries of killed writers
@@ -148,7 +153,8 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                 lr, resumed = lr_at(epoch, cfg), epoch == start.epoch
                 set_lr(run.opt, lr); run.net.train(); run.criterion.train()
                 first, n_batches = start.batch if resumed else 0, len(run.data.epoch_batches(epoch))
-                stats = RunningStats(device, start.running if resumed else None, world, ref, cfg.diverge_factor)
+                stats = RunningStats(device, run.criterion.names, start.running if resumed else None, world, ref,
+                                     cfg.diverge_factor)
                 bar = tqdm(total=n_batches, initial=first, desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.epochs}",
                            disable=not progress or rank != 0, leave=False)
                 t0 = time.time()
@@ -177,6 +183,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, progress: bool = True, ove
                 if stop_requested(): raise _stopped(stop_requested(), run.ckpt, now=True)
         return finish_run(cfg, run, seen, time.time() - t_start, rank, world, device)
 
+# %% ../nbs/30_train.ipynb #2bfe17ba
 @contextlib.contextmanager
 def _stop_cleanly(ckpt, world: int):
     "One process: a signal stops the loop between two steps (`deferred_signals`); every stop names the checkpoint."
@@ -197,70 +204,111 @@ def _stopped(signum: int, ckpt, now: bool) -> Interrupted:
 def _show(bar, r: dict, world: int):
     "The progress bar's loss, accuracy and images/s from running sums `r`."
     n = max(r["images"], 1)
-    bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['correct'] / n:.3f}", img_s=f"{r['images'] * world / max(r['seconds'], 1e-9):.1f}")
+    speed = r['images'] * world / max(r['seconds'], 1e-9)
+    bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['correct'] / n:.3f}", img_s=f"{speed:.1f}")
 
 # %% ../nbs/30_train.ipynb #5db1a0e1
-def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, manifest, rank: int, world: int, device) -> SimpleNamespace:
-    """Everything `fit`'s loop needs, built in a fixed order (the random initialisation of the weights depends on it): the seeds,
-    the checked images, the batches, the model, loss and optimiser, the run folder's plan, the checkpointer (restored, or the
-    starting point saved), the epoch log, and the step (compiled and wrapped in DDP when asked)."""
-    out = Path(cfg.out)
+@dataclass
+class Run:
+    "Everything `fit`'s loop needs, built by `setup_run`."
+    ds: object                  # the dataset (`10_data`'s `load_dataset`), its images checked
+    data: TrainBatches          # its training batches on the device
+    training: Training          # model, loss, optimiser, autocast dtype, grad scaler, memory format (`27_step`)
+    net: nn.Module              # the model as trained: compiled and / or wrapped in DDP when asked
+    step: TrainStep
+    ckpt: Checkpointer
+    log: EpochLog
+    start: Start
+    meta: dict                  # what every checkpoint and config.json record
+    new: dict | None            # the layers a pretrained checkpoint lacked (None: trained from scratch)
+    env: dict                   # code, libraries, device, data (`29_provenance`)
+
+    @property
+    def model(self) -> nn.Module: return self.training.model
+    @property
+    def criterion(self): return self.training.criterion
+    @property
+    def opt(self): return self.training.opt
+    @property
+    def dtype(self): return self.training.dtype
+
+# %% ../nbs/30_train.ipynb #07b32333
+def _seed(cfg: TrainConfig, device):
+    "Threads, the seed, and deterministic algorithms (with `cfg.deterministic`) before anything is drawn."
     if device.type == "cpu": configure_cpu()
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda": torch.backends.cudnn.benchmark = False
     elif device.type == "cuda": torch.backends.cudnn.benchmark = True
-    ds, fp = open_dataset(cfg.dataset, cfg.data_root, manifest, dict(out=out), rank)   # read-only, checked (10_data)
+
+def setup_run(cfg: TrainConfig, mode: str, allow_changes: bool, progress: bool, manifest, rank: int, world: int,
+              device) -> Run:
+    """Everything `fit`'s loop needs, built in a fixed order (the random initialisation of the weights depends on it):
+    the seeds, the checked images, the batches, the model, loss and optimiser, the run folder's plan, the checkpointer
+    (restored, or the starting point saved), the epoch log, and the step (compiled and wrapped in DDP when asked)."""
+    out = Path(cfg.out)
+    _seed(cfg, device)
+    ds, fp = open_dataset(cfg.dataset, cfg.data_root, manifest, dict(out=out), rank)   # read-only, checked (15_manifest)
     env = environment(device, cfg.dataset, fp)                 # code, libraries, device, data (rank 0 writes it)
     sampler = PKSampler([r.pid for r in ds.train], P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank, world_size=world)
-    data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids, progress=progress and rank == 0)
-    model, criterion, opt, dtype, scaler, cl = build_training(cfg, ds.num_train_pids, device, lr=lr_at(0, cfg))
-    plan = broadcast(plan_run(out, mode, cfg, ds.num_train_pids, model.config, fp, allow_changes) if rank == 0 else None)
+    data = TrainBatches(ds.train, sampler, cfg, device, cfg.data_path, num_classes=ds.num_train_pids,
+                        progress=progress and rank == 0)
+    t = build_training(cfg, ds.num_train_pids, device, lr=lr_at(0, cfg))
+    plan = plan_run(out, mode, cfg, ds.num_train_pids, t.model.config, fp, allow_changes) if rank == 0 else None
+    plan = broadcast(plan)
     if rank == 0:
         clear_run(out, plan["clear"])
         if plan["note"]: print(plan["note"])
     barrier()
-    new = model.describe_new()                                              # None when trained from scratch
-    if rank == 0 and new is not None: _print_new(model, new, cfg.new_lr_mult)
-    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=model.config, train_config=cfg.to_dict(),
-                dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
-    ckpt = Checkpointer(out / "last.safetensors", model, opt, criterion, meta, rank)
-    log = EpochLog(out / "log.csv", cfg.variant, cfg.epochs, rank=rank)
-    if plan["start"] == "resume":
-        saved = ckpt.restore()
-        start = Start(saved["epoch"], saved["batch"], saved.get("running"), saved.get("loss_ref"))
-        log.rows = [r for r in saved.get("log", []) if r["epoch"] < start.epoch]    # the finished epochs
-    else:
-        start = Start()
-        ckpt.save(0, 0, None, log.rows)                   # the starting point: a good checkpoint exists before the first step
-    net = torch.compile(model) if cfg.compile else model
-    if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return SimpleNamespace(ds=ds, data=data, model=model, net=net, criterion=criterion, opt=opt, dtype=dtype, ckpt=ckpt, log=log,
-                           start=start, meta=meta, new=new, env=env, step=TrainStep(net, criterion, opt, device, dtype, cl, world, scaler))
+    new = t.model.describe_new()                                            # None when trained from scratch
+    if rank == 0 and new is not None: _print_new(t.model, new, cfg.new_lr_mult)
+    meta = dict(variant=cfg.variant, num_classes=ds.num_train_pids, model_config=t.model.config,
+                train_config=cfg.to_dict(), dataset=cfg.dataset, dataset_fingerprint=fp, history=plan["history"])
+    ckpt = Checkpointer(out / "last.safetensors", t.model, t.opt, t.criterion, meta, rank)
+    log = EpochLog(out / "log.csv", t.criterion.names, cfg.variant, cfg.epochs, rank=rank)
+    start = _start(ckpt, log, plan)
+    net = torch.compile(t.model) if cfg.compile else t.model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return Run(ds, data, t, net, t.step(net, device, world), ckpt, log, start, meta, new, env)
 
+def _start(ckpt: Checkpointer, log: EpochLog, plan: dict) -> Start:
+    "Where the loop starts: the checkpoint's position (restored, with its finished epochs' log rows) or the beginning."
+    if plan["start"] != "resume":
+        ckpt.save(0, 0, None, log.rows)          # the starting point: a good checkpoint exists before the first step
+        return Start()
+    saved = ckpt.restore()
+    start = Start(saved["epoch"], saved["batch"], saved.get("running"), saved.get("loss_ref"))
+    log.rows = [r for r in saved.get("log", []) if r["epoch"] < start.epoch]    # the finished epochs
+    return start
+
+# %% ../nbs/30_train.ipynb #ae51d69d
 def _print_new(model, new: dict, mult: float):
-    "The log line of a pretrained trunk: what came from the checkpoint, what is new, and the new layers' rate multiplier."
+    "The log line of a pretrained trunk: what came from the checkpoint, what is new, the new layers' rate multiplier."
     src, kinds = model.pretrained_from, collections.Counter(new["modules"].values())
     print(f"pretrained: {src['tensors']} tensors from {src['file']} (sha256 {src['sha256'][:12]}…"
           f"{', %d BatchNorm counters filled' % src['filled_counters'] if src['filled_counters'] else ''}); "
           f"not in the checkpoint: {new['tensors']} tensors, {new['parameters']:,} parameters in "
           + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f" (learning rate × {mult:g})")
 
-def finish_run(cfg: TrainConfig, run, seen, seconds: float, rank: int, world: int, device) -> dict:
-    "Write the final weights, `config.json` and `train_summary.json` (rank 0), and `ranks/` when `seen` was recorded; the summary."
+def finish_run(cfg: TrainConfig, run: Run, seen, seconds: float, rank: int, world: int, device) -> dict:
+    "Write the final weights, `config.json`, `train_summary.json` (rank 0), `ranks/` when `seen` was kept; the summary."
     out, rows = Path(cfg.out), run.log.rows
-    summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world, device=str(device),
-                   amp=str(run.dtype).replace("torch.", "") if run.dtype else "off", data_path=run.data.data_path,
-                   num_classes=run.ds.num_train_pids, seconds=seconds, final=rows[-1] if rows else None,
-                   pretrained=run.model.pretrained_from, new_parameters=None if run.new is None else dict(run.new, lr_mult=cfg.new_lr_mult),
+    new = None if run.new is None else dict(run.new, lr_mult=cfg.new_lr_mult)
+    summary = dict(variant=cfg.variant, dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs, world_size=world,
+                   device=str(device), amp=str(run.dtype).replace("torch.", "") if run.dtype else "off",
+                   data_path=run.data.data_path, num_classes=run.ds.num_train_pids, seconds=seconds,
+                   final=rows[-1] if rows else None, pretrained=run.model.pretrained_from, new_parameters=new,
                    environment=run.env)
     if seen is not None: seen.write(out, run.model, rank, world)
     if rank == 0:
         from safetensors.torch import save_file
-        atomic_write(out / "model.safetensors", lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}, str(tmp)))
-        # config.json (a DVC output) holds no wall times, so that two runs of one commit on one machine write it byte for byte
-        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dict(run.meta, summary=without_timings(summary)), indent=2)))
+        weights = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
+        # config.json (a DVC output) holds no wall times: two runs of one commit on one machine write it byte for byte
+        config = json.dumps(dict(run.meta, summary=without_timings(summary)), indent=2)
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(config))
         atomic_write(out / "train_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     barrier()
     return summary

@@ -208,7 +208,8 @@ TRAIN = ["train", "--dataset", "market1501", "--data-root", "d", "--out", "r"]  
     (["evaluate", "--run", "r", "--batch-size", str(2**40)],
      "evaluate.batch_size=1099511627776: expected a positive integer (at most 2^31 − 1)"),
     (TRAIN + ["--lr", "inf"], "lr=inf: expected a positive learning rate (a finite number, not inf)"),
-    (TRAIN + ["--margin", "inf"], "margin=inf: expected a value ≥ 0 (a finite number, not inf)"),
+    (TRAIN + ["--losses", "triplet: {margin: .inf}"],
+     "losses.triplet.margin=inf: expected a value ≥ 0 (a finite number, not inf)"),
     (TRAIN + ["--seed", str(2**70)], "seed=1180591620717411303424: expected an integer from 0 to 2^32 − 1"),
 ], ids=["extract-bs-neg", "extract-bs-0", "search-bs-0", "search-topk-2^40", "export-tol-nan", "export-tol-inf",
         "export-tol-neg", "synth-seed-2^70", "prepare-seed-neg", "evaluate-bs-2^40", "train-lr-inf", "train-margin-inf",
@@ -219,10 +220,10 @@ def test_numeric_options_are_refused_by_name(here, args, needle):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("train: {label_smoothing: 1.5}\n", "train.label_smoothing=1.5: expected a value in [0, 1)"),
+    ("train: {erase_p: 1.5}\n", "train.erase_p=1.5: expected a probability in [0, 1]"),
     ("overrides: {sam: {lr: -0.001}}\n", "overrides.sam.lr=-0.001: expected a positive learning rate"),
     ("evaluate: {topk: 0}\n", "evaluate.topk=0: expected a positive integer"),
-], ids=["label-smoothing", "negative-lr-override", "evaluate-topk"])
+], ids=["erase-p", "negative-lr-override", "evaluate-topk"])
 def test_profile_numbers_are_checked_like_params(here, text, needle):
     prof = here / "params-bad.yaml"
     prof.write_text("profile: bad\nvariants: [full, sam]\n" + text)
