@@ -60,8 +60,8 @@ class Range:
 # %% ../nbs/24_params.ipynb #e11bb16b
 _POS, _NONNEG, _INT = "expected a positive integer", "expected an integer ≥ 0", dict(hi=INT_MAX, integer=True)
 RANGES = {
-    # TrainConfig (30_train): `reid-nb train` and `bench` options, params.yaml's train and overrides.VARIANT (the options
-    # of each loss term in `losses` have their ranges with the term, in reid_nb.losses.LOSSES)
+    # TrainConfig (30_train): `reid-nb train` and `bench` options, params.yaml's train and overrides.VARIANT (the
+    # options of each loss term in `losses` have their ranges with the term, in reid_nb.losses.LOSSES)
     "input_size": Range(32, **_INT, text="expected (H, W), each ≥ 32"),
     "width": Range(0, 16, lo_open=True, text="expected a positive trunk multiplier, at most 16 (64×width a multiple "
                    "of 8: 1.0, 0.5, 0.25, 0.125)"),
