@@ -191,7 +191,7 @@ def _prepare(args):
 add_command(Command("prepare", "make a dataset ready (synthesise or download+verify+extract)", _prepare, description=(
     "The pipeline's data stage: 'synthetic' is generated (deterministic from --seed); the releases are located or "
     "fetched, verified and extracted; every image is read once, and the manifest is written."), options=(
-    opt("dataset", help="synthetic, market1501, dukemtmc, msmt17, cuhk03_np_detected, cuhk03_np_labeled, or your own "
+    opt("dataset", help="a name in the dataset table (10_data: synthetic, market1501, msmt17, ...), or your own "
         "dataset registered in --params under data.custom"),
     opt("--params", help="params.yaml: reads data.root, data.synthetic_seed and data.archives.DATASET (options given "
         "here win)"),
