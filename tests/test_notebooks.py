@@ -19,6 +19,9 @@ NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))   # the report template (nbs/
 SLOW = re.compile(r"^\s*#\|\s*slow\s*$", re.MULTILINE)
 # notebook -> the integration test that runs its `#| slow` cells' code (a new slow cell needs an entry here)
 SLOW_COVERED = {
+    "000_first_lesson.ipynb": "tests/test_pipeline.py::test_repro_end_to_end (baseline and full trained by fit, "
+                              "evaluated by evaluate_run, the ranking and attention figures drawn by the report); "
+                              "python tools/run_notebooks.py runs the lesson itself",
     "07_models.ipynb": "tests/test_rehearsal.py (baseline, full and rga_sc trained at 256x128, width 1.0: every "
                        "attention module of the other variants); the cell below it checks every variant at 64x32",
     "36_export.ipynb": "tests/test_export.py::test_every_other_variant_exports_and_matches, "
