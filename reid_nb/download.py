@@ -53,7 +53,8 @@ def check_file(path, checksum: str | None) -> Path:
     algo, digest = parse_checksum(checksum)
     actual = file_hash(path, algo)
     if not actual.startswith(digest):
-        raise ChecksumError(f"{path}: {algo} is {actual}, expected {digest}{'…' if len(digest) < len(actual) else ''}")
+        cut = "…" if len(digest) < len(actual) else ""
+        raise ChecksumError(f"{path}: {algo} is {actual}, expected {digest}{cut}")
     return path
 
 # %% ../nbs/00_download.ipynb #c253eb37

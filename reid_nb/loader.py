@@ -15,7 +15,8 @@ __all__ = ['DATA_PATHS', 'resolve_data_path', 'sample_seed', 'SeededSamples', 'r
 DATA_PATHS = ("auto", "resident", "classic")      # the values of every `data_path` option
 
 def resolve_data_path(data_path: str, device) -> str:
-    "'resident' or 'classic': the path `data_path` (auto, resident, classic) takes on `device` (auto: CUDA → resident)."
+    """'resident' or 'classic': the path `data_path` (auto, resident, classic) takes on `device`
+    (auto: CUDA → resident)."""
     if data_path not in DATA_PATHS:
         raise ValueError(f"data_path={data_path!r}: expected one of {', '.join(DATA_PATHS)}")
     if data_path != "auto": return data_path
@@ -39,8 +40,10 @@ class SeededSamples(torch.utils.data.Dataset):
 # %% ../nbs/26_loader.ipynb #39f1f71e
 def resident_size(sizes, input_size) -> tuple[int, int]:
     """The size a split is cached at on the resident path: the images' own size when they all share one that holds at
-    most 4× the input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device, and the
-    cache is 4× smaller than at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images — the input
+    most 4× the input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device,
+    and the
+    cache is 4× smaller than at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images —
+    the input
     size. Never the first image's size."""
     sizes, (H, W) = set(map(tuple, sizes)), tuple(input_size)
     if len(sizes) == 1:

@@ -72,7 +72,8 @@ def _read_manifest(manifest) -> tuple[dict, str]:
     if isinstance(manifest, dict): return manifest, where
     try: manifest = json.loads(read_text_regular(manifest, "manifest"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{where}: no such manifest; run the data stage (reid-nb prepare … --manifest {where}) "
+        raise FileNotFoundError(f"{where}: no such manifest; run the data stage "
+                                f"(reid-nb prepare … --manifest {where}) "
                                 "first") from None
     except ValueError as e: raise ValueError(f"{where}: not a readable manifest ({e})") from None
     if not isinstance(manifest, dict):

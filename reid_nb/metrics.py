@@ -85,7 +85,8 @@ def _to_numpy(x):
 
 # %% ../nbs/21_metrics.ipynb #fce76848
 def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray):
-    "All (query, gallery) index pairs with equal pid, sorted by query then gallery index — by lookup, with no q×g pass."
+    """All (query, gallery) index pairs with equal pid, sorted by query then gallery index — by lookup, with no q×g
+    pass."""
     go = np.argsort(g_pids, kind="stable")
     uniq, start, cnt = np.unique(g_pids[go], return_index=True, return_counts=True)
     pos = np.searchsorted(uniq, q_pids).clip(max=max(len(uniq) - 1, 0))

@@ -106,7 +106,8 @@ def plot_data(logs: pd.DataFrame, column: str, variants=None) -> dict[str, pd.Da
     return out
 
 # %% ../nbs/33d_plots.ipynb #b5d0328e
-RIGHT, WRONG = "#0072b2", "#d55e00"   # Okabe–Ito blue and vermilion: told apart with any colour vision (and ✓/✗ too)
+# Okabe–Ito blue and vermilion: told apart with any colour vision (and ✓/✗ too)
+RIGHT, WRONG = "#0072b2", "#d55e00"
 
 def _framed(ax, img, color, lw=4, ls="-"):
     ax.imshow(img); ax.set_xticks([]); ax.set_yticks([])
@@ -130,7 +131,8 @@ def pick_queries(ranking: dict, n: int = 5, seed: int = 0) -> list[int]:
 
 # %% ../nbs/33d_plots.ipynb #00c6f12a
 def plot_retrieval(ranking: dict, data_root, queries: list[int], k: int = 10):
-    """FSAFC-Net's Fig. 2: each query, then its top-k gallery images; a right identity marked ✓ in a solid blue frame, a
+    """FSAFC-Net's Fig. 2: each query, then its top-k gallery images; a right identity marked ✓ in a solid blue
+    frame, a
     wrong one ✗ in a dashed vermilion frame (the marks and the line style say it without colour)."""
     import matplotlib.pyplot as plt
     from PIL import Image

@@ -41,7 +41,8 @@ def _archive_files(name: str, cfg: SyntheticConfig, progress: bool) -> dict[str,
         person = (None if part == "none" else make_identity(seed, pid) if pid > 0 else
                   make_identity(seed, 100_000 + i) if pid == 0 else make_identity(seed, int(rng.choice(test_pids))))
         img = Image.fromarray(render(person, cams[c], rng, size, part="all" if part == "none" else part))
-        if duke:         # DukeMTMC-reID's boxes are cut at the detection's own size: 96–256 × 32–128 px, steps of 16
+        # DukeMTMC-reID's boxes are cut at the detection's own size: 96–256 × 32–128 px, steps of 16
+        if duke:
             h = 16 * int(rng.integers(6, 17)); w = 16 * max(2, int(h * rng.uniform(.33, .5)) // 16)
             img = Image.fromarray(_nearest(np.asarray(img), h, w))
         frame[c] += int(rng.integers(1, 50))

@@ -16,7 +16,8 @@ __all__ = ['re_ranking_reference', 're_ranking', 'rerank_blocks', 'rerank_featur
 # %% ../nbs/22_rerank.ipynb #9a1dee9b
 def re_ranking_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
                          sort_kind: str = "stable") -> np.ndarray:
-    "The classic dense k-reciprocal re-ranking (N×N arrays, per-image loops), as widely used; for tests and benchmarks."
+    """The classic dense k-reciprocal re-ranking (N×N arrays, per-image loops), as widely used; for tests and
+    benchmarks."""
     q_g_dist, q_q_dist, g_g_dist = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
                                     for x in (q_g_dist, q_q_dist, g_g_dist))
     original_dist = np.concatenate([np.concatenate([q_q_dist, q_g_dist], axis=1),
@@ -86,7 +87,8 @@ def _stable_topk(rows: torch.Tensor, K: int) -> torch.Tensor:
 def _sq(x: torch.Tensor) -> torch.Tensor: return (x * x).float()
 
 def _d_rows(qg, qq, gg, a: int, b: int, buf: torch.Tensor):
-    "Rows a:b of D — the squared columns a:b of the assembled matrix, each divided by its maximum — and those maxima."
+    """Rows a:b of D — the squared columns a:b of the assembled matrix, each divided by its maximum — and those
+    maxima."""
     nq = qg.shape[0]
     out, r = buf[:b - a], 0
     if a < nq:                          # query rows: column i of [[qq, qg], [qg.T, gg]] is [qq[:, i], qg[i, :]]

@@ -18,7 +18,8 @@ def conv_bn(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 def gate_net(cin: int, down_ratio: int) -> nn.Sequential:
-    "RGA's W: 1×1 conv+BN+ReLU to ⌊cin/down_ratio⌋ (at least 1) channels, then 1×1 conv+BN to one channel (the logit)."
+    """RGA's W: 1×1 conv+BN+ReLU to ⌊cin/down_ratio⌋ (at least 1) channels, then 1×1 conv+BN to one channel
+    (the logit)."""
     mid = max(1, cin // down_ratio)
     return nn.Sequential(conv_bn(cin, mid), conv_bn(mid, 1, relu=False))
 
@@ -55,7 +56,8 @@ class RGA(nn.Module):
 
     @staticmethod
     def stack_relations(G):
-        "`(B, N, N)` relations → `(B, 2N, N)`: at node i the channels are its row `G[i, :]` then its column `G[:, i]`."
+        """`(B, N, N)` relations → `(B, 2N, N)`: at node i the channels are its row `G[i, :]` then its column
+        `G[:, i]`."""
         return torch.cat([G.transpose(1, 2), G], dim=1)
 
     def spatial_relations(self, x):

@@ -70,7 +70,8 @@ class RunningStats:
 
 # %% ../nbs/27_step.ipynb #773ed2a6
 class TrainStep:
-    "One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the host."
+    """One optimisation step: forward under autocast, loss, backward, optimiser step — nothing is read back to the
+    host."""
     def __init__(self, net, criterion, opt, device, dtype=None, channels_last: bool = False, world: int = 1,
                  scaler=None):
         self.net, self.criterion, self.opt, self.device, self.dtype = net, criterion, opt, device, dtype

@@ -274,7 +274,8 @@ class SyntheticConfig:
             raise ValueError(f"make_synthetic: queries_per_id must be < 3 (test identities are seen by ≥ 3 cameras), "
                              f"got {self.queries_per_id}")
         if self.gallery_images_per_id < 3:
-            raise ValueError(f"make_synthetic: gallery_images_per_id must be ≥ 3 (one per camera of a test identity), "
+            raise ValueError(f"make_synthetic: gallery_images_per_id must be ≥ 3 (one per camera of a test "
+                             f"identity), "
                              f"got {self.gallery_images_per_id}")
         if self.num_train_ids + self.num_test_ids > 9999:
             raise ValueError("make_synthetic: at most 9999 identities (4-digit pids)")

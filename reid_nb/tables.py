@@ -331,7 +331,8 @@ def ablation_steps(df: pd.DataFrame, steps=None, level: float = 0.95) -> pd.Data
         for v, ref in steps:
             if v not in have or ref not in have: continue
             d = difference(df, v, ref, ds, level)
-            rows.append(dict(step=f"{v} − {ref}", dataset=DATASET_LABELS.get(ds, ds), seeds=f"{have[v]} vs {have[ref]}",
+            rows.append(dict(step=f"{v} − {ref}", dataset=DATASET_LABELS.get(ds, ds),
+                             seeds=f"{have[v]} vs {have[ref]}",
                              delta_mAP=d["delta"], delta_lo=d["lo"], delta_hi=d["hi"], interval=d["interval"],
                              distinguishable=d["distinguishable"]))
     return pd.DataFrame(rows, columns=["step", "dataset", "seeds", "delta_mAP", "delta_lo", "delta_hi", "interval",
