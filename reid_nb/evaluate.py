@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .models import model_from_config, count_flops, count_params, VARIANTS, MODEL_OPTIONS, PROFILE_OPTIONS
 from .backbone import check_fits
 from .manifest import open_dataset
+from .runs import read_meta
 from .provenance import environment
 from .loader import DATA_PATHS, eval_batches
 from .metrics import distance_blocks, evaluate_blocks
@@ -63,11 +64,8 @@ def check_record(meta: dict, run_dir, where="config.json"):
         if k in tc and k in meta and tc[k] != meta[k]: diff.append(f"{k} {meta[k]!r} but train_config.{k} {tc[k]!r}")
     last = Path(run_dir) / "last.safetensors"
     if not diff and last.is_file():
-        from safetensors import safe_open
-        try:
-            with safe_open(str(last), framework="pt") as f:
-                saved = json.loads((f.metadata() or {}).get("reid_nb", "{}"))
-        except Exception: saved = {}                                   # an unreadable checkpoint: resume's business
+        try: saved = read_meta(last)                                 # the checkpoint's own record (25_runs)
+        except ValueError: saved = {}                                  # an unreadable checkpoint: resume's business
         smc = saved.get("model_config") or {}
         for k in ("variant", "num_classes"):
             if k in saved and saved[k] != meta.get(k):
