@@ -10,7 +10,7 @@ from .core import atomic_write
 from .params import read_params
 
 # %% auto #0
-__all__ = ['rehearsal_files', 'make_rehearsal']
+__all__ = ['REHEARSAL_SIZES', 'rehearsal_files', 'make_rehearsal']
 
 # %% ../nbs/39_rehearsal.ipynb #8f41c11e
 def rehearsal_files(params) -> tuple[dict, str]:
@@ -23,6 +23,11 @@ def rehearsal_files(params) -> tuple[dict, str]:
     return archives, pre
 
 # %% ../nbs/39_rehearsal.ipynb #1d2e9b0f
+# The smallest sets on which every stage runs: one P×K = 4×4 batch of training images, 6 test identities (a query each,
+# 3 gallery images each, and Market's distractors and junk). RGA-SC at 256×128 costs about 7 GFLOPs an image on a CPU,
+# so the rehearsal's time is mostly these images.
+REHEARSAL_SIZES = dict(num_train_ids=4, num_test_ids=6, train_images_per_id=4, gallery_images_per_id=3)
+
 def _rehearsal_archive(name: str, want: dict, params, seed: int, accept_any: bool) -> tuple[Path, str]:
     "Make dataset `name`'s archive where `want['file']` says, and check it against `want['md5']` unless `accept_any`."
     from reid_nb.data import dataset_info
@@ -31,7 +36,7 @@ def _rehearsal_archive(name: str, want: dict, params, seed: int, accept_any: boo
     if Path(want["file"]).name != info.archive:
         raise ValueError(f"{params}: data.archives.{name}.file must be named {info.archive} (the release's name), "
                          f"got {want['file']}")
-    path, md5 = make_archive(name, Path(want["file"]).parent, seed=seed, progress=True)
+    path, md5 = make_archive(name, Path(want["file"]).parent, seed=seed, progress=True, **REHEARSAL_SIZES)
     if md5 == str(want["md5"]).lower(): print(f"{name}: {path} (md5 {md5}, as declared)")
     elif accept_any:
         print(f"{name}: {path} (md5 {md5}; {params} declares {want['md5']}: this Pillow encodes JPEG differently)")

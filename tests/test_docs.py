@@ -75,7 +75,8 @@ def test_nbdev_proc_nbs_processes_every_notebook(tmp_path):
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\necho 'quarto stub: nbdev_proc_nbs does not call quarto' >&2\nexit 1\n")
     stub.chmod(0o755)
-    env = dict(os.environ, PATH=f"{stub.parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg",
+    # OMP_NUM_THREADS=1: two workers import torch at once on 2 cores (as tests/test_notebooks.py's two kernels)
+    env = dict(os.environ, PATH=f"{stub.parent}{os.pathsep}{os.environ['PATH']}", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     p = subprocess.run([str(BIN / "nbdev_proc_nbs"), "--n_workers", "2"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=900)

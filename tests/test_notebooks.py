@@ -46,7 +46,9 @@ def execute(nb: Path, out: Path) -> tuple[str, int, str]:
     d["cells"] = [c for c in d["cells"] if c.get("id") not in slow_cells(d)]
     copy = out / nb.name
     copy.write_text(json.dumps(d, indent=1, ensure_ascii=False), encoding="utf-8")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    # One thread per kernel: two kernels run at once on 2 cores, and two OpenMP pools of 2 threads each (torch's default,
+    # one per core) spin against each other: measured on 2 cores, 280 s for all notebooks with 2 threads each, 150 s with 1.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-c", RUN, str(copy), str(nb.parent)], cwd=nb.parent, env=env,
                        capture_output=True, text=True, timeout=3600)
     return nb.name, p.returncode, p.stderr[-2500:]
