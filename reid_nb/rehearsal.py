@@ -23,9 +23,9 @@ def rehearsal_files(params) -> tuple[dict, str]:
     return archives, pre
 
 # %% ../nbs/39_rehearsal.ipynb #1d2e9b0f
-# The smallest sets on which every stage runs: one P×K = 4×4 batch of training images, 6 test identities (a query each,
-# 3 gallery images each, and Market's distractors and junk). RGA-SC at 256×128 costs about 7 GFLOPs an image on a CPU,
-# so the rehearsal's time is mostly these images.
+# The smallest sets on which every stage runs: one P×K = 4×4 batch of training images, 6 test identities (a query
+# and 3 gallery images each, and Market's distractors and junk). Each image through RGA-SC at 256×128 is about
+# 7 GFLOPs on a CPU; most of the rest of the rehearsal's time is each stage's start (imports, weights, DVC).
 REHEARSAL_SIZES = dict(num_train_ids=4, num_test_ids=6, train_images_per_id=4, gallery_images_per_id=3)
 
 def _rehearsal_archive(name: str, want: dict, params, seed: int, accept_any: bool) -> tuple[Path, str]:
