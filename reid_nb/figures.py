@@ -27,9 +27,8 @@ def draw_person(h: int = 256, w: int = 128, shirt=(0.85, 0.15, 0.15), trousers=(
 
 # %% ../nbs/08_figures.ipynb #f97e45c1
 def as_input(img: np.ndarray) -> torch.Tensor:
-    """An `h`×`w`×3 image in 0–1 as a normalised 1×3×`h`×`w` float tensor, the way the evaluation
-    transforms feed a
-    model."""
+    """An `h`×`w`×3 image in 0–1 as a normalised 1×3×`h`×`w` float tensor, the way the evaluation transforms
+    feed a model."""
     x = torch.as_tensor(img, dtype=torch.float32).permute(2, 0, 1)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return ((x - mean) / std)[None]

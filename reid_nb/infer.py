@@ -138,8 +138,8 @@ def load_features(path) -> dict:
 # %% ../nbs/35_infer.ipynb #da456e5b
 def search(run, queries, gallery, topk: int = 10, metric: str = EvalConfig.metric, **kw) -> list[dict]:
     """For each query image, its `topk` nearest gallery images: `[{query, top: [{path, distance}, …]}, …]`.
-    `gallery` is
-    a folder, a list file, or a `.npz` feature file of this run; `kw` go to `extract` (batch size, device, flip)."""
+    `gallery` is a folder, a list file, or a `.npz` feature file of this run; `kw` go to `extract` (batch size,
+    device, flip)."""
     if topk < 1: raise ValueError(f"topk={topk}: expected a positive integer")
     kw = dict(kw, normalize=True, camids=False)
     # one model for the queries and the gallery

@@ -41,10 +41,8 @@ class SeededSamples(torch.utils.data.Dataset):
 def resident_size(sizes, input_size) -> tuple[int, int]:
     """The size a split is cached at on the resident path: the images' own size when they all share one that holds at
     most 4× the input's pixels (Market-1501's 128×64 for a 256×128 input: `BatchAugment` resizes on the device,
-    and the
-    cache is 4× smaller than at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large images —
-    the input
-    size. Never the first image's size."""
+    and the cache is 4× smaller than at the input size); otherwise — mixed sizes (DukeMTMC-reID), or large
+    images — the input size. Never the first image's size."""
     sizes, (H, W) = set(map(tuple, sizes)), tuple(input_size)
     if len(sizes) == 1:
         h, w = next(iter(sizes))

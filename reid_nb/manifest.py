@@ -73,8 +73,7 @@ def _read_manifest(manifest) -> tuple[dict, str]:
     try: manifest = json.loads(read_text_regular(manifest, "manifest"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: no such manifest; run the data stage "
-                                f"(reid-nb prepare … --manifest {where}) "
-                                "first") from None
+                                f"(reid-nb prepare … --manifest {where}) first") from None
     except ValueError as e: raise ValueError(f"{where}: not a readable manifest ({e})") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{where}: not a manifest (a JSON object); run the data stage again")

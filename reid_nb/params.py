@@ -82,8 +82,7 @@ RANGES = {
     "new_lr_mult": Range(0, lo_open=True, text="expected a positive number (1: the base rate)"),
     "num_workers": Range(0, 1024, integer=True, text="expected an integer from 0 to 1024"),
     "seed": Range(0, SEED_MAX, integer=True, text="expected an integer from 0 to 2^32 − 1 (what NumPy's and "
-                  "PyTorch's "
-                  "generators take)"),
+                  "PyTorch's generators take)"),
     "ckpt_every": Range(0, **_INT, text=_NONNEG),
     "log_every": Range(1, **_INT, text=_POS),
     "max_batches": Range(0, **_INT, text=_NONNEG + " (0: the full epoch)"),

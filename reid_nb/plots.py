@@ -132,8 +132,7 @@ def pick_queries(ranking: dict, n: int = 5, seed: int = 0) -> list[int]:
 # %% ../nbs/33d_plots.ipynb #00c6f12a
 def plot_retrieval(ranking: dict, data_root, queries: list[int], k: int = 10):
     """FSAFC-Net's Fig. 2: each query, then its top-k gallery images; a right identity marked ✓ in a solid blue
-    frame, a
-    wrong one ✗ in a dashed vermilion frame (the marks and the line style say it without colour)."""
+    frame, a wrong one ✗ in a dashed vermilion frame (the marks and the line style say it without colour)."""
     import matplotlib.pyplot as plt
     from PIL import Image
     root = Path(data_root)

@@ -275,8 +275,7 @@ class SyntheticConfig:
                              f"got {self.queries_per_id}")
         if self.gallery_images_per_id < 3:
             raise ValueError(f"make_synthetic: gallery_images_per_id must be ≥ 3 (one per camera of a test "
-                             f"identity), "
-                             f"got {self.gallery_images_per_id}")
+                             f"identity), got {self.gallery_images_per_id}")
         if self.num_train_ids + self.num_test_ids > 9999:
             raise ValueError("make_synthetic: at most 9999 identities (4-digit pids)")
         if self.num_distractors < 0 or self.num_junk < 0:
